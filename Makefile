@@ -1,0 +1,35 @@
+# Two set-up commands: `make demo` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kseq-installed
+
+.PHONY: demo test test-tf test-jax lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg setup.py
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m kseq demo
+
+test: $(STAMP) lint test-tf test-jax
+
+lint: $(STAMP)
+	$(PY) -m ruff check kseq tests benchmarks
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m portable tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from kseq.cli import main
+
+sys.exit(main())

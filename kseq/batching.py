@@ -1,0 +1,124 @@
+"""Rows -> batch: packing ``(x, y, sample_weight)``, class weights, padding, descriptions.
+
+Everything here is vectorised numpy over a whole batch; nothing loops over samples
+in Python except :func:`pad_sequences`, whose input is a list of ragged sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kseq.errors import StructureError
+
+__all__ = [
+    "ClassWeights",
+    "describe",
+    "pack",
+    "pad_sequences",
+]
+
+Tree = Any  # an array, or a dict / list / tuple of arrays
+
+
+def pack(x: Tree, y: Tree = None, sample_weight: Tree = None) -> tuple:
+    """The tuple Keras expects: ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``."""
+    if y is None:
+        if sample_weight is not None:
+            msg = "A batch with sample weights needs targets. Received sample_weight without y."
+            raise StructureError(msg)
+        return (x,)
+    return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+
+def describe(tree: Tree) -> str:
+    """A one-line shape/dtype description of an array or a nested dict/list of arrays."""
+    if isinstance(tree, Mapping):
+        return "{" + ", ".join(f"'{k}': {describe(v)}" for k, v in tree.items()) + "}"
+    if isinstance(tree, (list, tuple)):
+        inner = ", ".join(describe(v) for v in tree)
+        return f"[{inner}]" if isinstance(tree, list) else f"({inner})"
+    shape = getattr(tree, "shape", None)
+    dtype = getattr(tree, "dtype", None)
+    if shape is None:
+        return type(tree).__name__
+    return f"{tuple(shape)} {dtype}"
+
+
+class ClassWeights:
+    """A vectorised ``{class_id: weight}`` lookup.
+
+    Labels may be class ids of shape ``(B,)`` or ``(B, 1)``, or one-hot / probability
+    rows of shape ``(B, C)`` (the class is the argmax), the same convention as Keras.
+    Labels absent from the mapping are refused at construction by :meth:`check_covers`.
+
+    Example:
+        >>> cw = ClassWeights({0: 1.0, 1: 3.0})
+        >>> cw(np.array([1, 0, 1])).tolist()
+        [3.0, 1.0, 3.0]
+    """
+
+    def __init__(self, mapping: Mapping[Any, float], *, name: str = "class_weight") -> None:
+        if not isinstance(mapping, Mapping) or not mapping:
+            msg = f"{name} must be a non-empty mapping {{class_id: weight}}. Received {mapping!r:.80}."
+            raise StructureError(msg)
+        try:
+            keys = np.array([int(k) for k in mapping], dtype=np.int64)
+            values = np.array([float(v) for v in mapping.values()], dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            msg = f"{name} must map integer class ids to numbers. Received {dict(mapping)!r:.120}."
+            raise StructureError(msg) from e
+        order = np.argsort(keys)
+        self.name = name
+        self._keys = keys[order]
+        self._values = values[order]
+
+    def class_ids(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.ndim >= 2 and labels.shape[-1] > 1:
+            return labels.argmax(axis=-1).reshape(len(labels))
+        return labels.reshape(len(labels)).astype(np.int64, copy=False)
+
+    def missing(self, labels: np.ndarray) -> list[int]:
+        """Class ids present in ``labels`` that the mapping does not cover."""
+        ids = np.unique(self.class_ids(labels))
+        return sorted(set(ids.tolist()) - set(self._keys.tolist()))
+
+    def check_covers(self, labels: np.ndarray) -> None:
+        missing = self.missing(labels)
+        if missing:
+            msg = (
+                f"{self.name} has no weight for class(es) {missing[:20]} found in the targets. "
+                f"Expected a weight for every class; received keys {self._keys.tolist()[:20]}. "
+                "Add the missing classes to the mapping."
+            )
+            raise StructureError(msg)
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        ids = self.class_ids(labels)
+        pos = np.clip(np.searchsorted(self._keys, ids), 0, len(self._keys) - 1)
+        return self._values[pos]
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int] | np.ndarray],
+    *,
+    pad_value: int = 0,
+    max_length: int | None = None,
+    dtype: np.dtype | type = np.int32,
+) -> np.ndarray:
+    """Post-pad ragged sequences to the longest one (or ``max_length``, truncating).
+
+    Example:
+        >>> pad_sequences([[1, 2, 3], [4]], pad_value=0).tolist()
+        [[1, 2, 3], [4, 0, 0]]
+    """
+    lengths = [len(s) for s in sequences]
+    width = max(lengths, default=0) if max_length is None else int(max_length)
+    out = np.full((len(sequences), width), pad_value, dtype=dtype)
+    for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
+        n = min(n, width)
+        out[row, :n] = seq[:n]
+    return out

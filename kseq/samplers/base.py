@@ -1,0 +1,96 @@
+"""Samplers say which rows make batch ``i`` of epoch ``e``.
+
+A sampler is a pure function of ``(seed, epoch, batch)``: any worker, thread or
+process, can compute any batch, and the result does not depend on who asks or in
+what order. The only mutable state in kseq is the Dataset's epoch counter.
+
+Seeds follow one rule everywhere: the generator for epoch ``e`` is
+``np.random.default_rng([seed, e])`` and the one for batch ``i`` of it is
+``np.random.default_rng([seed, e, i])``. No global RNG is used.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from kseq.errors import StructureError
+
+__all__ = ["Sampler", "batch_rng", "check_batch_size", "draw_seed", "epoch_rng", "num_batches"]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Maps ``(epoch, batch)`` to the row indices of that batch.
+
+    ``len(sampler)`` is the number of batches per epoch (the same every epoch).
+    ``sampler.indices(epoch, batch)`` returns an integer array; its first dimension
+    is the batch's sample dimension.
+    """
+
+    def __len__(self) -> int: ...
+
+    def indices(self, epoch: int, batch: int) -> np.ndarray: ...
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator for one epoch: ``default_rng([seed, epoch])``."""
+    return np.random.default_rng([seed, epoch])
+
+
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The generator for one batch, for per-sample random transforms in user code."""
+    return np.random.default_rng([seed, epoch, batch])
+
+
+def draw_seed() -> int:
+    """A fresh seed from the OS, to be stored and exposed so a run can be repeated."""
+    return int(np.random.SeedSequence().entropy % (2**32))
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        msg = f"batch_size must be a positive integer. Received batch_size={batch_size!r}."
+        raise StructureError(msg)
+    return int(batch_size)
+
+
+def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
+    """Batches in an epoch of ``n`` samples."""
+    return n // batch_size if drop_remainder else math.ceil(n / batch_size)
+
+
+def check_batch_index(batch: int, length: int) -> int:
+    if not 0 <= batch < length:
+        msg = f"Batch index {batch} is out of range: an epoch has {length} batches (0..{length - 1})."
+        raise IndexError(msg)
+    return int(batch)
+
+
+class EpochCache:
+    """Holds the most recent epoch's order so a batch costs a slice, not a permutation.
+
+    Thread-safe; dropped when pickled (it is recomputed on demand).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch: int | None = None
+        self._value: np.ndarray | None = None
+
+    def get(self, epoch: int, make: object) -> np.ndarray:
+        with self._lock:
+            if self._epoch != epoch or self._value is None:
+                value = make(epoch)  # type: ignore[operator]
+                value.flags.writeable = False
+                self._epoch, self._value = epoch, value
+            return self._value
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]

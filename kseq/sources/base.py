@@ -1,0 +1,72 @@
+"""The Source protocol: a picklable, thread-safe, deterministic table of rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from kseq.errors import StructureError
+
+__all__ = ["Source", "check_fields", "check_indices"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Rows of named fields, read in batches.
+
+    Contract:
+      * ``len(src)`` is the number of rows; every field has that many.
+      * ``src.fields`` maps each field name to ``(trailing_shape, dtype)``.
+      * ``src.read(indices, fields=None)`` returns ``{field: array}`` for the fields
+        asked (all by default) with the rows in the order asked (repeats allowed), each
+        array of shape ``(len(indices), *trailing_shape)``.
+      * A source is picklable (it holds paths, never open handles), thread-safe and
+        deterministic: the same indices always give the same rows.
+
+    Example:
+        >>> import numpy as np
+        >>> from kseq.sources import ArraySource
+        >>> src = ArraySource({"x": np.arange(6).reshape(3, 2), "y": np.array([0, 1, 0])})
+        >>> len(src), sorted(src.fields)
+        (3, ['x', 'y'])
+        >>> src.read([2, 0])["x"].tolist()
+        [[4, 5], [0, 1]]
+    """
+
+    def __len__(self) -> int: ...
+
+    @property
+    def fields(self) -> Mapping[str, tuple[tuple[int, ...], np.dtype]]: ...
+
+    def read(
+        self, indices: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+def check_indices(indices: Sequence[int] | np.ndarray, length: int) -> np.ndarray:
+    """Return ``indices`` as an int64 array, refusing any outside ``[0, length)``."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim != 1:
+        msg = f"Expected a 1-D sequence of row indices. Received shape {idx.shape}."
+        raise StructureError(msg)
+    if idx.size and (idx.min() < 0 or idx.max() >= length):
+        msg = (
+            f"Row index out of range: the source has {length} rows (valid indices 0..{length - 1}). "
+            f"Received indices from {idx.min()} to {idx.max()}."
+        )
+        raise IndexError(msg)
+    return idx
+
+
+def check_fields(fields: Sequence[str] | None, available: Mapping[str, object]) -> list[str]:
+    """Return the field names to read, refusing unknown ones with the list of known ones."""
+    if fields is None:
+        return list(available)
+    names = [fields] if isinstance(fields, str) else list(fields)
+    missing = [f for f in names if f not in available]
+    if missing:
+        msg = f"Unknown field(s) {missing}. Expected names from {sorted(available)}."
+        raise StructureError(msg)
+    return names

@@ -1,0 +1,164 @@
+"""``kseq.check(model, dataset)``: compare one batch with a model, before training.
+
+It builds nothing and trains nothing. It reads batch 0, compares names, ranks,
+trailing shapes and dtypes with the model's inputs (and names with its outputs),
+raises :class:`~kseq.errors.StructureError` on the first kind of mismatch with every
+instance of it listed, and otherwise records the model's structure on the dataset
+so later batches come out in the form that model's ``fit`` accepts; see
+NOTE [ named batches and model structure ] in :mod:`kseq.structure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kseq.batching import describe
+from kseq.errors import StructureError
+from kseq.structure import ModelStructure, TensorSpec
+
+__all__ = ["CheckReport", "check", "check_batch"]
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check` found: the model's structure and how batches are adapted to it."""
+
+    structure: ModelStructure
+    adaptations: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if not self.adaptations:
+            return "kseq.check: batches match the model as they are."
+        return "kseq.check: " + "; ".join(self.adaptations) + "."
+
+
+def check(model: Any, dataset: Any, *, verbose: bool = True) -> CheckReport:
+    """Check that ``dataset``'s batches fit ``model``, and adapt them to its structure.
+
+    Args:
+        model: a built Keras model (Functional or Sequential).
+        dataset: a kseq dataset (anything with ``get_batch(index)`` and
+            ``set_structure(structure)``), or a plain PyDataset (checked only).
+        verbose: print what was adapted.
+
+    Returns:
+        A :class:`CheckReport`.
+
+    Raises:
+        StructureError: a model input or output has no field, the batch has keys the
+            model does not take, or a rank, trailing shape or dtype is incompatible.
+    """
+    raw = dataset.get_batch(0) if hasattr(dataset, "get_batch") else dataset[0]
+    structure = ModelStructure.of(model)
+    report = check_batch(structure, raw)
+    if hasattr(dataset, "set_structure"):
+        dataset.set_structure(structure)
+    if verbose and report.adaptations:
+        print(report)  # noqa: T201 - the user asked to be told
+    return report
+
+
+def check_batch(structure: ModelStructure, batch: Any) -> CheckReport:
+    """Compare one named batch with a model structure; see :func:`check`."""
+    if not isinstance(batch, tuple) or not 1 <= len(batch) <= 3:
+        msg = f"Expected a batch (x,), (x, y) or (x, y, sample_weight). Received {describe(batch)}."
+        raise StructureError(msg)
+    report = CheckReport(structure)
+    x = batch[0]
+    _check_names("input", structure.input_names, x, "inputs")
+    _check_tensors(structure.inputs, x)
+    if len(batch) > 1:
+        _check_names("output", structure.output_names, batch[1], "targets")
+        if len(batch) > 2 and isinstance(batch[2], Mapping):
+            _check_names("output", structure.output_names, batch[2], "sample_weight")
+    y = batch[1] if len(batch) > 1 else None
+    for role, part, kind in (("x", x, structure.input_kind), ("y", y, structure.output_kind)):
+        if isinstance(part, Mapping) and kind != "dict":
+            form = "a tuple in the model's order" if kind == "list" else "a single array"
+            report.adaptations.append(f"{role} dict {sorted(part)} is passed as {form} (model built from {kind})")
+    return report
+
+
+def _check_names(role: str, names: list[str], part: Any, argument: str) -> None:
+    if not isinstance(part, Mapping):
+        if len(names) != 1:
+            msg = (
+                f"The model has {len(names)} {role}s {names}, but the batch gives one unnamed array "
+                f"{describe(part)}. Name them: pass {argument}={{{', '.join(repr(n) + ': ...' for n in names)}}}."
+            )
+            raise StructureError(msg)
+        return
+    missing = [n for n in names if n not in part]
+    extra = [k for k in part if k not in names]
+    if missing:
+        hint = f" Pass {argument}={{{', '.join(repr(n) + ': <field>' for n in missing)}, ...}}."
+        msg = (
+            f"Model {role}(s) {missing} have no field in this dataset. Expected {role}s {names}. "
+            f"Received {argument} {sorted(part)}.{hint}"
+        )
+        raise StructureError(msg)
+    if extra:
+        msg = (
+            f"The batch has {argument} {extra} that the model does not take. Expected exactly {names}. "
+            f"Extra keys are not harmless: Keras can route the wrong array to an input (keras#23258). "
+            f"Remove {extra} from {argument}=."
+        )
+        raise StructureError(msg)
+
+
+def _check_tensors(specs: tuple[TensorSpec, ...], x: Any) -> None:
+    arrays = x if isinstance(x, Mapping) else {specs[0].name: x}
+    problems = [p for spec in specs if (p := _tensor_problem(spec, arrays[spec.name]))]
+    if problems:
+        msg = "Batch x does not fit the model's inputs:\n  " + "\n  ".join(problems)
+        raise StructureError(msg)
+
+
+def _tensor_problem(spec: TensorSpec, array: Any) -> str | None:
+    shape = tuple(np.shape(array))
+    expected = spec.shape
+    received = f"Received {shape} {getattr(array, 'dtype', type(array).__name__)}"
+    if not _ranks_fit(shape, expected):
+        return (
+            f"input '{spec.name}': expected rank {len(expected)} shape {expected}; {received}. "
+            "Reshape the field or change the Input shape."
+        )
+    if len(shape) == len(expected) and any(
+        e is not None and s != e for s, e in zip(shape[1:], expected[1:], strict=True)
+    ):
+        wanted = ", ".join(map(str, expected[1:]))
+        return (
+            f"input '{spec.name}': expected shape {expected}; {received}. "
+            f"Make the Input shape {(None, *shape[1:])} or give the field shape (n, {wanted})."
+        )
+    dtype = np.dtype(getattr(array, "dtype", np.asarray(array).dtype))
+    if not _dtypes_fit(dtype, spec.dtype):
+        return (
+            f"input '{spec.name}': expected dtype {spec.dtype}; {received}. "
+            f"Cast the field (e.g. .astype('{spec.dtype}')) or declare Input(dtype='{dtype}')."
+        )
+    return None
+
+
+def _ranks_fit(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    # Keras squeezes or expands a trailing dimension of size 1 (Functional._adjust_input_rank).
+    if len(shape) == len(expected):
+        return True
+    if len(shape) == len(expected) + 1:
+        return shape[-1] == 1
+    if len(shape) == len(expected) - 1:
+        return expected[-1] == 1
+    return False
+
+
+def _dtypes_fit(received: np.dtype, expected: str) -> bool:
+    if expected == "string":
+        return received.kind in "USO"
+    if received.kind in "USO":
+        return False
+    # A float fed to an integer input truncates silently; everything else converts.
+    return not (received.kind == "f" and ("int" in expected or expected == "bool"))

@@ -1,0 +1,33 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def two_inputs(rng):
+    """Two inputs of different widths and a target that depends on both."""
+    n = 96
+    a = rng.normal(size=(n, 3)).astype("float32")
+    b = rng.normal(size=(n, 5)).astype("float32")
+    y = (a.sum(axis=1) - 2 * b.sum(axis=1)).astype("float32")
+    label = (y > 0).astype("int64")
+    return {"a": a, "b": b, "y": y, "label": label, "w": np.linspace(0.5, 1.5, n).astype("float32")}
+
+
+def concat_model(structure="list"):
+    """A model whose output is its inputs side by side: predictions show exactly which array went where."""
+    a = keras.Input((3,), name="a")
+    b = keras.Input((5,), name="b")
+    out = keras.layers.Concatenate(name="both")([a, b])
+    inputs = {"a": a, "b": b} if structure == "dict" else [a, b]
+    return keras.Model(inputs, out)

@@ -1,0 +1,50 @@
+import doctest
+import importlib
+import os
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import kseq
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(kseq.__path__, "kseq.") if m.name != "kseq.__main__")
+
+
+def test_all_is_complete():
+    """Every public class and function at the top level is listed in __all__, and every name exists."""
+    public = {n for n, v in vars(kseq).items() if not n.startswith("_") and isinstance(v, type | type(len))}
+    public |= {n for n, v in vars(kseq).items() if callable(v) and not n.startswith("_")}
+    assert public <= set(kseq.__all__)
+    assert all(hasattr(kseq, n) for n in kseq.__all__)
+
+
+@pytest.mark.portable
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_no_framework_is_imported_at_module_level():
+    """kseq talks to Keras and numpy only: importing it adds no framework to what `import keras` loads."""
+    code = (
+        "import sys; frameworks = ('tensorflow', 'jax', 'torch'); import keras; "
+        "before = {m for m in frameworks if m in sys.modules}; import kseq; "
+        "print(sorted({m for m in frameworks if m in sys.modules} - before))"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_demo_trains_to_high_accuracy():
+    """`python -m kseq demo` (what `make demo` runs) trains the two-input model and prints its table."""
+    out = subprocess.run(
+        [sys.executable, "-m", "kseq", "demo", "--epochs", "4"], capture_output=True, text=True, check=True, timeout=300
+    )
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1][4]) > 0.85  # test accuracy on held-out digits

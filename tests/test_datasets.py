@@ -1,0 +1,228 @@
+import pickle
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import concat_model
+
+import kseq
+from kseq import Dataset, MultiInputDataset, StructureError
+
+
+def all_batches(ds, epoch=None):
+    return [ds.get_batch(i, epoch) for i in range(len(ds))]
+
+
+@pytest.mark.portable
+class TestDataset:
+    def test_seed_is_drawn_once_and_exposed(self):
+        ds = Dataset({"x": np.arange(20)}, batch_size=5)
+        again = Dataset({"x": np.arange(20)}, batch_size=5, seed=ds.seed)
+        assert isinstance(ds.seed, int)
+        assert [b[0]["x"].tolist() for b in all_batches(ds)] == [b[0]["x"].tolist() for b in all_batches(again)]
+
+    def test_every_sample_once_per_epoch_and_epochs_differ(self):
+        ds = Dataset({"x": np.arange(50)}, batch_size=8, seed=1)
+        first = np.concatenate([b[0]["x"] for b in all_batches(ds)])
+        ds.on_epoch_end()
+        second = np.concatenate([b[0]["x"] for b in all_batches(ds)])
+        assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(50))
+        assert first.tolist() != second.tolist()
+        assert ds.epoch == 1
+
+    def test_no_shuffle_keeps_order(self):
+        ds = Dataset({"x": np.arange(10)}, batch_size=4, shuffle=False)
+        assert [b[0]["x"].tolist() for b in all_batches(ds)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+    def test_drop_remainder(self):
+        ds = Dataset({"x": np.arange(10)}, batch_size=4, drop_remainder=True, seed=0)
+        assert len(ds) == 2
+        assert all(len(b[0]["x"]) == 4 for b in all_batches(ds))
+
+    def test_too_few_rows_for_one_batch(self):
+        with pytest.raises(StructureError, match="no batches"):
+            Dataset({"x": np.arange(3)}, batch_size=4, drop_remainder=True)
+
+    @pytest.mark.parametrize("seed", [-1, 1.5, "7"])
+    def test_bad_seed(self, seed):
+        with pytest.raises(StructureError, match="seed must be a non-negative integer"):
+            Dataset({"x": np.arange(3)}, seed=seed)
+
+    def test_accepts_a_dataframe(self):
+        ds = Dataset(pd.DataFrame({"a": range(6)}), batch_size=3, shuffle=False)
+        assert ds[1][0]["a"].tolist() == [3, 4, 5]
+
+    def test_index_out_of_range(self):
+        ds = Dataset({"x": np.arange(10)}, batch_size=4)
+        with pytest.raises(IndexError, match="3 batches"):
+            ds[3]
+
+    def test_subclass_overrides_build_batch(self):
+        class Squares(Dataset):
+            def build_batch(self, rows):
+                return rows["x"], rows["x"] ** 2
+
+        x, y = Squares({"x": np.arange(6)}, batch_size=6, seed=2)[0]
+        assert (y == x**2).all()
+        assert sorted(x.tolist()) == list(range(6))
+
+    def test_list_from_build_batch_is_refused(self):
+        class Bad(Dataset):
+            def build_batch(self, rows):
+                return [rows["x"], rows["x"]]
+
+        with pytest.raises(StructureError, match=r"Keras reads a list as \(x, y\)"):
+            Bad({"x": np.arange(4)})[0]
+
+    def test_pickle_keeps_seed_epoch_and_batches(self):
+        ds = MultiInputDataset({"a": np.arange(30.0), "t": np.arange(30)}, inputs="a", targets="t", batch_size=8, seed=4)
+        ds.on_epoch_end()
+        clone = pickle.loads(pickle.dumps(ds))
+        assert clone.epoch == 1
+        assert clone[2][1].tolist() == ds[2][1].tolist()
+
+    def test_batch_rng_depends_on_seed_epoch_and_index(self):
+        ds = Dataset({"x": np.arange(10)}, seed=3)
+        draw = ds.batch_rng(0).random()
+        assert draw == ds.batch_rng(0).random()
+        assert draw != ds.batch_rng(1).random()
+        assert draw != ds.batch_rng(0, epoch=1).random()
+
+
+@pytest.mark.portable
+class TestMultiInputDataset:
+    def test_x_is_named_by_model_inputs(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs={"left": "a", "right": "b"}, targets="y", shuffle=False)
+        x, y = ds[0]
+        assert list(x) == ["left", "right"]
+        assert np.array_equal(x["left"], two_inputs["a"][:32])
+        assert np.array_equal(y, two_inputs["y"][:32])
+
+    def test_targets_list_gives_a_dict(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs="a", targets=["y", "label"], shuffle=False)
+        _, y = ds[0]
+        assert sorted(y) == ["label", "y"]
+
+    def test_no_targets_gives_x_only(self, two_inputs):
+        assert len(MultiInputDataset(two_inputs, inputs=["a", "b"])[0]) == 1
+
+    def test_reads_only_the_fields_it_uses(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs="a", targets="y")
+        assert ds.fields_read == ["a", "y"]
+
+    def test_unknown_field(self, two_inputs):
+        with pytest.raises(StructureError, match=r"inputs names field\(s\) \['c'\] that the source does not have"):
+            MultiInputDataset(two_inputs, inputs=["a", "c"])
+
+    def test_class_weight_is_looked_up_per_sample(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs="a", targets="label", class_weight={0: 1.0, 1: 4.0}, seed=0)
+        _, y, w = ds[0]
+        assert np.array_equal(w, np.where(y == 1, 4.0, 1.0))
+
+    def test_class_weight_times_sample_weight(self, two_inputs):
+        ds = MultiInputDataset(
+            two_inputs, inputs="a", targets="label", sample_weight="w", class_weight={0: 1.0, 1: 4.0}, shuffle=False
+        )
+        _, y, w = ds[1]
+        expected = two_inputs["w"][32:64] * np.where(y == 1, 4.0, 1.0)
+        np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+    def test_class_weight_per_output(self, two_inputs):
+        ds = MultiInputDataset(
+            two_inputs,
+            inputs="a",
+            targets={"cls": "label", "reg": "y"},
+            class_weight={"cls": {0: 2.0, 1: 0.5}},
+            shuffle=False,
+        )
+        _, y, w = ds[0]
+        assert np.array_equal(w["cls"], np.where(y["cls"] == 1, 0.5, 2.0))
+        assert (w["reg"] == 1).all()
+
+    def test_class_weight_one_hot_labels(self):
+        onehot = np.eye(3, dtype="float32")[[0, 2, 1, 2]]
+        ds = MultiInputDataset({"x": np.zeros((4, 1)), "t": onehot}, inputs="x", targets="t",
+                               class_weight={0: 1, 1: 2, 2: 3}, shuffle=False)
+        assert ds[0][2].tolist() == [1, 3, 2, 3]
+
+    def test_class_weight_missing_class_fails_at_construction(self, two_inputs):
+        with pytest.raises(StructureError, match=r"no weight for class\(es\) \[1\]"):
+            MultiInputDataset(two_inputs, inputs="a", targets="label", class_weight={0: 1.0})
+
+    def test_flat_class_weight_with_several_targets_is_refused(self, two_inputs):
+        with pytest.raises(StructureError, match="must be given per output"):
+            MultiInputDataset(two_inputs, inputs="a", targets=["label", "y"], class_weight={0: 1.0, 1: 2.0})
+
+    def test_weights_for_unknown_output(self, two_inputs):
+        with pytest.raises(StructureError, match=r"sample_weight names output\(s\) \['zzz'\]"):
+            MultiInputDataset(two_inputs, inputs="a", targets=["y"], sample_weight={"zzz": "w"})
+
+
+class TestFit:
+    """Routing through a real ``fit``/``predict``: inputs differ in shape, so a mis-route fails."""
+
+    @pytest.mark.portable
+    @pytest.mark.parametrize("structure", ["list", "dict"])
+    def test_predict_routes_each_field_to_its_input(self, two_inputs, structure):
+        model = concat_model(structure)
+        ds = MultiInputDataset(two_inputs, inputs=["b", "a"], batch_size=32, shuffle=False)
+        ds.check(model, verbose=False)
+        out = model.predict(ds, verbose=0)
+        np.testing.assert_allclose(out, np.concatenate([two_inputs["a"], two_inputs["b"]], axis=1))
+
+    @pytest.mark.portable
+    def test_fit_learns_from_both_inputs_with_a_dict_target(self, two_inputs):
+        a = keras.Input((3,), name="a")
+        b = keras.Input((5,), name="b")
+        out = keras.layers.Dense(1, name="decoder_output")(keras.layers.Concatenate()([a, b]))
+        model = keras.Model([a, b], out)  # built from lists, single output
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        ds = MultiInputDataset(two_inputs, inputs=["a", "b"], targets={"decoder_output": "y"}, batch_size=16, seed=0)
+        report = ds.check(model, verbose=False)
+        assert "y dict ['decoder_output'] is passed as a single array" in str(report)
+        hist = model.fit(ds, epochs=30, verbose=0)
+        assert hist.history["loss"][-1] < 0.01 * hist.history["loss"][0]
+
+    def test_multi_output_list_model_gets_targets_by_output_name(self, two_inputs):
+        a = keras.Input((3,), name="a")
+        h = keras.layers.Dense(8)(a)
+        model = keras.Model(a, [keras.layers.Dense(1, name="reg")(h), keras.layers.Dense(2, name="cls")(h)])
+        model.compile("adam", loss=["mse", "sparse_categorical_crossentropy"])
+        ds = MultiInputDataset(
+            two_inputs, inputs="a", targets={"cls": "label", "reg": "y"}, class_weight={"cls": {0: 1, 1: 3}}, seed=0
+        )
+        ds.check(model, verbose=False)
+        x, y, w = ds[0]
+        assert y[0].dtype == np.float32 and y[1].dtype == np.int64  # reg first, like the model
+        assert len(w) == 2
+        hist = model.fit(ds, epochs=2, verbose=0)
+        assert np.isfinite(hist.history["loss"]).all()
+
+    def test_epochs_during_fit_see_different_orders(self, two_inputs):
+        seen = []
+
+        class Recording(MultiInputDataset):
+            def read_rows(self, indices):
+                seen.append((self.epoch, indices.copy()))
+                return super().read_rows(indices)
+
+        ds = Recording(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0)
+        model = concat_model()
+        model = keras.Model(model.inputs, keras.layers.Dense(1)(model.output))
+        model.compile("sgd", "mse")
+        model.fit(ds, epochs=3, verbose=0)
+        by_epoch = {}
+        for epoch, idx in seen:
+            by_epoch.setdefault(epoch, []).append(idx)
+        trained = [e for e, parts in by_epoch.items() if len(parts) == len(ds)]
+        assert len(trained) >= 3
+        orders = [np.concatenate(sorted(by_epoch[e], key=lambda p: p[0])) for e in trained]
+        for order in orders:
+            assert sorted(order.tolist()) == list(range(96))
+        assert len({tuple(np.sort(np.concatenate(by_epoch[e])).tolist()) for e in trained}) == 1
+        assert len({tuple(np.concatenate(by_epoch[e]).tolist()) for e in trained}) == len(trained)
+
+
+def test_check_is_public():
+    assert kseq.check is kseq.validation.check

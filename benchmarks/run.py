@@ -24,7 +24,8 @@ if str(HERE.parent) not in sys.path:
 
 
 def suites() -> list[str]:
-    return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+    names = (m.name for m in pkgutil.iter_modules([str(HERE)]))
+    return sorted(n.removeprefix("bench_") for n in names if n.startswith("bench_"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 
 @pytest.fixture
@@ -31,3 +31,7 @@ def concat_model(structure="list"):
     out = keras.layers.Concatenate(name="both")([a, b])
     inputs = {"a": a, "b": b} if structure == "dict" else [a, b]
     return keras.Model(inputs, out)
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, KERAS_BACKEND={keras.backend.backend()}"

@@ -76,7 +76,8 @@ class TestDataset:
             Bad({"x": np.arange(4)})[0]
 
     def test_pickle_keeps_seed_epoch_and_batches(self):
-        ds = MultiInputDataset({"a": np.arange(30.0), "t": np.arange(30)}, inputs="a", targets="t", batch_size=8, seed=4)
+        data = {"a": np.arange(30.0), "t": np.arange(30)}
+        ds = MultiInputDataset(data, inputs="a", targets="t", batch_size=8, seed=4)
         ds.on_epoch_end()
         clone = pickle.loads(pickle.dumps(ds))
         assert clone.epoch == 1
@@ -193,8 +194,9 @@ class TestFit:
             two_inputs, inputs="a", targets={"cls": "label", "reg": "y"}, class_weight={"cls": {0: 1, 1: 3}}, seed=0
         )
         ds.check(model, verbose=False)
-        x, y, w = ds[0]
-        assert y[0].dtype == np.float32 and y[1].dtype == np.int64  # reg first, like the model
+        _x, y, w = ds[0]
+        assert y[0].dtype == np.float32
+        assert y[1].dtype == np.int64
         assert len(w) == 2
         hist = model.fit(ds, epochs=2, verbose=0)
         assert np.isfinite(hist.history["loss"]).all()

@@ -120,7 +120,8 @@ class TestAdaptation:
         ds = dataset(two_inputs, inputs="a", targets={"out": "y"})
         ds.check(model, verbose=False)
         x, y = ds[0]
-        assert x.shape == (8, 3) and y.shape == (8,)
+        assert x.shape == (8, 3)
+        assert y.shape == (8,)
 
     def test_unbuilt_model_is_refused(self, two_inputs):
         model = keras.Sequential([keras.layers.Dense(1)])

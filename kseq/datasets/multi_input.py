@@ -61,12 +61,12 @@ class MultiInputDataset(Dataset):
         self._single_target = isinstance(targets, str)
         self.sample_weights = self._weight_fields(sample_weight, available)
         self.class_weights = self._class_weights(class_weight)
+        names = [*self.inputs.values(), *(self.targets or {}).values(), *self.sample_weights.values()]
+        self._fields_read = list(dict.fromkeys(names))
 
     @property
     def fields_read(self) -> list[str]:
-        names = list(self.inputs.values())
-        names += list((self.targets or {}).values()) + list(self.sample_weights.values())
-        return list(dict.fromkeys(names))
+        return self._fields_read
 
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         x = {name: rows[f] for name, f in self.inputs.items()}

@@ -47,11 +47,12 @@ class Source(Protocol):
 
 def check_indices(indices: Sequence[int] | np.ndarray, length: int) -> np.ndarray:
     """Return ``indices`` as an int64 array, refusing any outside ``[0, length)``."""
-    idx = np.asarray(indices, dtype=np.int64)
+    idx = indices if isinstance(indices, np.ndarray) and indices.dtype == np.int64 else np.asarray(indices, np.int64)
     if idx.ndim != 1:
         msg = f"Expected a 1-D sequence of row indices. Received shape {idx.shape}."
         raise StructureError(msg)
-    if idx.size and (idx.min() < 0 or idx.max() >= length):
+    # One reduction: a negative int64 seen as uint64 is larger than any valid index.
+    if idx.size and idx.view(np.uint64).max() >= length:
         msg = (
             f"Row index out of range: the source has {length} rows (valid indices 0..{length - 1}). "
             f"Received indices from {idx.min()} to {idx.max()}."

@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 def _digits() -> dict[str, np.ndarray]:
     """scikit-learn's digits (1,797 real 8x8 scans, shipped with the package) as named fields."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - optional, demo only
+    from sklearn.datasets import load_digits  # optional: the demo needs the test extra
 
     digits = load_digits()
     pixels = (digits.images / 16.0).astype("float32")[..., None]

@@ -48,7 +48,7 @@ def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
 
 def draw_seed() -> int:
     """A fresh seed from the OS, to be stored and exposed so a run can be repeated."""
-    return int(np.random.SeedSequence().entropy % (2**32))
+    return int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
 
 
 def check_batch_size(batch_size: object) -> int:

@@ -1,0 +1,279 @@
+"""SiamesePairDataset and TripletDataset: balanced, seeded pairs and triplets, new every epoch.
+
+Both read the label field once, at construction, to group rows by class (every check on
+labels happens there), and then read per batch only the rows that batch pairs up: one
+``source.read`` of the sorted union of its rows, then one ``take`` per side. That keeps
+HDF5 and memmap sources larger than memory usable. How the partners are drawn is in
+NOTE [ how pairs and triplets are drawn ] in :mod:`kseq.samplers.pairs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kseq.batching import pack
+from kseq.datasets.base import Dataset
+from kseq.errors import StructureError
+from kseq.samplers.pairs import ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
+from kseq.sources import Source, as_source, check_fields
+
+__all__ = ["SiamesePairDataset", "TripletDataset"]
+
+
+class _ClassTupleDataset(Dataset):
+    """What pairs and triplets share: label grouping, field choice, the union read, x naming."""
+
+    def __init__(
+        self,
+        source: Source | dict | Any,
+        *,
+        label: str,
+        fields: str | Sequence[str] | None,
+        input_names: Sequence[str],
+        singletons: Singletons,
+        roles: int,
+        **kwargs: Any,
+    ) -> None:
+        src = as_source(source)
+        self.label = _check_label_field(label, src)
+        self.fields = _check_fields(fields, src, label)
+        self.input_names = _check_input_names(input_names, roles)
+        self.class_index = ClassIndex(src.read(np.arange(len(src)), [label])[label], singletons=singletons, name=label)
+        super().__init__(src, **kwargs)
+
+    @property
+    def fields_read(self) -> list[str]:
+        return list(self.fields)
+
+    @property
+    def input_keys(self) -> dict[str, tuple[str, str]]:
+        """The keys of x: ``{key: (input_name, field)}``; see the class docstring for the naming rule."""
+        if len(self.fields) == 1:
+            return {name: (name, self.fields[0]) for name in self.input_names}
+        return {f"{field}_{name}": (name, field) for name in self.input_names for field in self.fields}
+
+    def read_rows(self, indices: np.ndarray) -> dict[str, Any]:
+        """``{input_name: {field: rows}}`` for the ``(b, roles)`` row indices of one batch.
+
+        The source is read once, at the sorted unique rows; each side is a ``take`` of that.
+        Each side also carries its labels (from the index built at construction, not re-read).
+        """
+        unique, inverse = np.unique(indices, return_inverse=True)
+        inverse = inverse.reshape(indices.shape)
+        data = self.source.read(unique, self.fields)
+        rows: dict[str, Any] = {}
+        for j, name in enumerate(self.input_names):
+            side = {field: data[field][inverse[:, j]] for field in self.fields}
+            side[self.label] = self.class_index.labels[indices[:, j]]
+            rows[name] = side
+        return rows
+
+    def inputs_of(self, rows: dict[str, Any]) -> dict[str, np.ndarray]:
+        """x of one batch: each side's fields under :attr:`input_keys`."""
+        return {key: rows[name][field] for key, (name, field) in self.input_keys.items()}
+
+    def labels_of(self, rows: dict[str, Any], role: int) -> np.ndarray:
+        """The labels of side ``role`` (0: left / anchor) of one batch."""
+        return rows[self.input_names[role]][self.label]
+
+
+class SiamesePairDataset(_ClassTupleDataset):
+    """Pairs of rows and a same-class target, balanced per batch and drawn anew every epoch.
+
+    x is ``{"left": rows_a, "right": rows_b}`` (named by ``input_names``) when one field is
+    used; with several fields each key is ``"{field}_{input_name}"``, e.g. ``"image_left"``,
+    ``"meta_left"``, ``"image_right"``, ``"meta_right"`` (see :attr:`input_keys`).
+
+    y is ``1.0`` for a same-class pair and ``0.0`` otherwise (float32, shape ``(b,)``).
+    ``same_label=0`` flips it: the contrastive loss of the keras.io Siamese example expects
+    0 for similar and 1 for dissimilar pairs, and a flipped target trains silently wrong.
+
+    Every batch of ``b`` pairs has exactly ``floor(positive_fraction * b + 0.5)`` same-class
+    pairs; a row is never paired with itself; a negative's class is drawn uniformly from the
+    classes other than the left row's. In an epoch of ``pairs_per_epoch = N`` pairs over
+    ``m`` usable rows, each row is the left element exactly ``N // m`` or ``N // m + 1``
+    times: exactly once with the default ``N = m``. Epoch ``e`` draws from ``(seed, e)``.
+
+    Args:
+        source: a Source (``ArraySource`` over arrays or memmaps, ``DataFrameSource``,
+            ``HDF5Source``), a dict of arrays, or a DataFrame.
+        label: the field holding the class of each row: shape ``(n,)`` or ``(n, 1)``.
+        fields: the field(s) to pair; default every field except ``label``.
+        positive_fraction: the share of same-class pairs in every batch, in ``[0, 1]``.
+        pairs_per_epoch: default: the number of usable rows.
+        classes_per_batch: ``P`` for P x K batches (``K = batch_size // P``): each batch
+            draws P classes, K rows of each, and pairs those rows among themselves.
+        input_names: the names of the two sides, like the model's inputs.
+        target_name: ``None``: y is one array; a name: y is ``{target_name: y}``.
+        same_label: the target of a same-class pair, 1 (default) or 0.
+        drop_singletons: leave out the rows of classes with one row (they have no positive
+            partner) instead of refusing them. Not needed when ``positive_fraction=0``.
+        **kwargs: batch_size, seed, drop_remainder, workers, ... as for :class:`Dataset`;
+            ``shuffle=False`` gives the same pairs every epoch (for validation).
+
+    Raises:
+        StructureError: at construction: a missing label or field, labels of the wrong
+            shape, a class with one row (named), one class only, ``positive_fraction``
+            outside ``[0, 1]``, or a P x K layout that does not fit.
+
+    Example:
+        >>> import numpy as np
+        >>> data = {"x": np.arange(12.0).reshape(6, 2), "label": np.array([0, 0, 1, 1, 2, 2])}
+        >>> ds = SiamesePairDataset(data, batch_size=6, seed=0)
+        >>> x, y = ds[0]
+        >>> sorted(x), x["left"].shape, int(y.sum())
+        (['left', 'right'], (6, 2), 3)
+    """
+
+    def __init__(
+        self,
+        source: Source | dict | Any,
+        *,
+        label: str = "label",
+        fields: str | Sequence[str] | None = None,
+        positive_fraction: float = 0.5,
+        pairs_per_epoch: int | None = None,
+        classes_per_batch: int | None = None,
+        input_names: Sequence[str] = ("left", "right"),
+        target_name: str | None = None,
+        same_label: int = 1,
+        drop_singletons: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.positive_fraction = check_fraction(positive_fraction)
+        self.pairs_per_epoch = pairs_per_epoch
+        self.classes_per_batch = classes_per_batch
+        self.target_name = _check_target_name(target_name)
+        self.same_label = _check_same_label(same_label)
+        singletons: Singletons = "drop" if drop_singletons else "keep" if self.positive_fraction == 0 else "refuse"
+        super().__init__(source, label=label, fields=fields, input_names=input_names, singletons=singletons,
+                         roles=2, **kwargs)
+
+    def make_sampler(self) -> PairSampler:
+        return PairSampler(
+            self.class_index, batch_size=self.batch_size, seed=self.seed, positive_fraction=self.positive_fraction,
+            pairs_per_epoch=self.pairs_per_epoch, classes_per_batch=self.classes_per_batch,
+            reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+        )
+
+    def build_batch(self, rows: dict[str, Any]) -> tuple:
+        same = self.labels_of(rows, 0) == self.labels_of(rows, 1)
+        y = np.where(same, self.same_label, 1 - self.same_label).astype(np.float32)
+        return pack(self.inputs_of(rows), y if self.target_name is None else {self.target_name: y})
+
+
+class TripletDataset(_ClassTupleDataset):
+    """Triplets ``(anchor, positive, negative)`` of rows, drawn anew every epoch.
+
+    x is ``{"anchor": ..., "positive": ..., "negative": ...}`` (named by ``input_names``;
+    several fields are keyed ``"{field}_{input_name}"`` as in :class:`SiamesePairDataset`).
+    The positive shares the anchor's class and is never the anchor itself; the negative
+    never shares the anchor's class. Anchors cover the rows evenly, as the left rows of
+    :class:`SiamesePairDataset` do; ``classes_per_batch`` gives P x K batches.
+
+    Args:
+        targets: ``None``: batches are ``(x,)``, for a model that adds its own triplet loss;
+            ``"zeros"``: y is float32 zeros, for a compiled loss that ignores ``y_true``;
+            ``"labels"``: y is the anchors' labels.
+        triplets_per_epoch: default: the number of usable rows.
+        source, label, fields, classes_per_batch, input_names, drop_singletons, **kwargs:
+            as for :class:`SiamesePairDataset`.
+
+    Raises:
+        StructureError: as :class:`SiamesePairDataset`; a class with one row is always
+            refused (it can never be an anchor) unless ``drop_singletons=True``.
+
+    Example:
+        >>> import numpy as np
+        >>> data = {"x": np.arange(8.0)[:, None], "label": np.array([0, 0, 1, 1, 2, 2, 2, 0])}
+        >>> (x,) = TripletDataset(data, batch_size=8, seed=0)[0]
+        >>> sorted(x), x["anchor"].shape
+        (['anchor', 'negative', 'positive'], (8, 1))
+    """
+
+    def __init__(
+        self,
+        source: Source | dict | Any,
+        *,
+        label: str = "label",
+        fields: str | Sequence[str] | None = None,
+        triplets_per_epoch: int | None = None,
+        classes_per_batch: int | None = None,
+        input_names: Sequence[str] = ("anchor", "positive", "negative"),
+        targets: str | None = None,
+        drop_singletons: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if targets not in (None, "zeros", "labels"):
+            msg = f"targets must be None, 'zeros' or 'labels'. Received targets={targets!r}."
+            raise StructureError(msg)
+        self.targets = targets
+        self.triplets_per_epoch = triplets_per_epoch
+        self.classes_per_batch = classes_per_batch
+        super().__init__(source, label=label, fields=fields, input_names=input_names,
+                         singletons="drop" if drop_singletons else "refuse", roles=3, **kwargs)
+
+    def make_sampler(self) -> TripletSampler:
+        return TripletSampler(
+            self.class_index, batch_size=self.batch_size, seed=self.seed, triplets_per_epoch=self.triplets_per_epoch,
+            classes_per_batch=self.classes_per_batch, reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+        )
+
+    def build_batch(self, rows: dict[str, Any]) -> tuple:
+        x = self.inputs_of(rows)
+        if self.targets is None:
+            return pack(x)
+        anchors = self.labels_of(rows, 0)
+        return pack(x, np.zeros(len(anchors), np.float32) if self.targets == "zeros" else anchors)
+
+
+def _check_label_field(label: object, source: Source) -> str:
+    if not isinstance(label, str) or label not in source.fields:
+        msg = (
+            f"label must name the field that holds each row's class. Received label={label!r}; "
+            f"the source has fields {sorted(source.fields)}. Pass label=<one of them>."
+        )
+        raise StructureError(msg)
+    return label
+
+
+def _check_fields(fields: str | Sequence[str] | None, source: Source, label: str) -> list[str]:
+    if fields is None:
+        names = [f for f in source.fields if f != label]
+        if not names:
+            msg = f"The source has only the label field {label!r}: nothing to pair. Expected another field."
+            raise StructureError(msg)
+        return names
+    names = check_fields(fields, source.fields)
+    if not names:
+        msg = "fields is empty. Expected at least one field to pair, or fields=None for every non-label field."
+        raise StructureError(msg)
+    return names
+
+
+def _check_input_names(names: Sequence[str], roles: int) -> tuple[str, ...]:
+    ok = not isinstance(names, str) and len(names) == roles and all(isinstance(n, str) and n for n in names)
+    if not ok or len(set(names)) != roles:
+        msg = f"input_names must be {roles} distinct non-empty names, one per side. Received {names!r}."
+        raise StructureError(msg)
+    return tuple(names)
+
+
+def _check_target_name(name: object) -> str | None:
+    if name is not None and not (isinstance(name, str) and name):
+        msg = f"target_name must be a non-empty string (the model output's name) or None. Received {name!r}."
+        raise StructureError(msg)
+    return name
+
+
+def _check_same_label(value: object) -> int:
+    if isinstance(value, bool) or value not in (0, 1):
+        msg = (
+            f"same_label must be 1 (same class -> 1.0, the default) or 0 (same class -> 0.0, as the keras.io "
+            f"contrastive loss expects). Received same_label={value!r}."
+        )
+        raise StructureError(msg)
+    return int(value)  # type: ignore[call-overload]

@@ -1,17 +1,27 @@
-"""``python -m kseq``: the command line (``demo``)."""
+"""``python -m kseq``: the command line (``demo``, ``pack``, ``inspect``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 
 from kseq.datasets import MultiInputDataset
+from kseq.errors import KseqError, SourceError, StructureError
+from kseq.sources.hdf5 import FieldLayout, describe
+from kseq.sources.pack import pack
 
-__all__ = ["main"]
+__all__ = ["inspect", "main", "read_inputs"]
+
+_ARRAYS = (".npy", ".npz")
+_TABLES = (".csv", ".parquet", ".pq")
 
 
 def _digits() -> dict[str, np.ndarray]:
@@ -63,13 +73,133 @@ def demo(epochs: int = 8, batch_size: int = 32, seed: int = 0) -> dict[str, floa
     return row
 
 
+def read_inputs(specs: Sequence[str], *, batch_rows: int = 65536) -> tuple[Any, int | None]:
+    """Open ``pack``'s inputs lazily: ``[name=]file.npy`` (memory-mapped), ``[name=]file.npz`` (its
+    arrays, under ``name/`` if given), or one CSV or Parquet table (``[name=]``: its columns under
+    ``name/``), read ``batch_rows`` rows at a time. Returns what :func:`kseq.pack` takes, and the
+    total rows when known without reading everything (``None`` for CSV).
+    """
+    parsed = [_parse_spec(spec) for spec in specs]
+    tables = [(name, path) for name, path in parsed if path.suffix.lower() in _TABLES]
+    if tables and len(parsed) > 1:
+        msg = (
+            f"A CSV or Parquet input must be the only input. Received {list(specs)}. "
+            "Pack tables and arrays into separate files, or convert the arrays into table columns."
+        )
+        raise StructureError(msg)
+    if tables:
+        return _read_table(*tables[0], batch_rows)
+    fields: dict[str, np.ndarray] = {}
+    for name, path in parsed:
+        if path.suffix.lower() == ".npy":
+            fields[name or path.stem] = np.load(path, mmap_mode="r")
+        else:
+            with np.load(path) as archive:
+                fields.update({f"{name}/{key}" if name else key: archive[key] for key in archive.files})
+    return fields, None
+
+
+def _parse_spec(spec: str) -> tuple[str | None, Path]:
+    name, sep, rest = spec.partition("=")
+    name, path = (name, Path(rest)) if sep and not Path(spec).exists() else (None, Path(spec))
+    if path.suffix.lower() not in _ARRAYS + _TABLES:
+        msg = f"Input '{spec}': unsupported file type {path.suffix!r}. Expected one of {list(_ARRAYS + _TABLES)}."
+        raise StructureError(msg)
+    if not path.is_file():
+        msg = f"Input file not found: '{path}' (field {name or path.stem!r}). Expected an existing file."
+        raise SourceError(msg)
+    return name, path
+
+
+def _read_table(name: str | None, path: Path, batch_rows: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+    def named(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            yield frame.add_prefix(f"{name}/") if name else frame
+
+    if path.suffix.lower() == ".csv":
+        return named(pd.read_csv(path, chunksize=batch_rows)), None
+    try:
+        import pyarrow.parquet as pq  # optional: Parquet input only
+    except ImportError as e:
+        msg = f"Reading Parquet ('{path}') needs pyarrow. Install it: pip install pyarrow."
+        raise StructureError(msg) from e
+    table = pq.ParquetFile(path)
+    frames = (batch.to_pandas() for batch in table.iter_batches(batch_size=batch_rows))
+    return named(frames), table.metadata.num_rows
+
+
+def inspect(path: str | Path) -> str:
+    """A table of every dataset in an HDF5 file: shape, dtype, layout, chunks, compression, size, read path."""
+    layouts = describe(path)
+    size = Path(path).stat().st_size
+    lengths = {lay.shape[0] if lay.shape else None for lay in layouts}
+    rows = f"{lengths.pop():,} rows" if len(lengths) == 1 else "first dimensions differ"
+    lines = [f"{path}: {_size(size)}, {len(layouts)} datasets, {rows}"]
+    header = ("field", "shape", "dtype", "layout", "chunks", "compression", "stored", "read as")
+    table = [header, *(_row(lay) for lay in layouts)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    if len(lengths) > 1 or rows == "first dimensions differ":
+        lines.append("note: datasets differ in length; choose fields of one length: HDF5Source(path, fields=[...])")
+    return "\n".join(lines)
+
+
+def _row(lay: FieldLayout) -> tuple[str, ...]:
+    chunks = "-" if lay.chunks is None else str(lay.chunks)
+    return (lay.name, str(lay.shape), str(lay.dtype), lay.layout, chunks, lay.compression or "-",
+            _size(lay.storage_bytes), lay.reader if lay.shape else "-")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
+
+
+def _chunks(value: str) -> Any:
+    if value in ("auto", "none"):
+        return ... if value == "auto" else None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    msg = f"expected auto, none or a positive number of rows; received {value!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def _pack(args: argparse.Namespace) -> None:
+    fields, length = read_inputs(args.inputs)
+    pack(args.output, fields, chunks=args.chunks, compression=args.compression, compression_opts=args.level,
+         length=length, overwrite=args.overwrite, progress=not args.quiet)
+    print(inspect(args.output))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kseq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="train a two-input model on scikit-learn's digits")
     p_demo.add_argument("--epochs", type=int, default=8)
     p_demo.add_argument("--seed", type=int, default=0)
+    p_pack = sub.add_parser("pack", help="write .npy/.npz/CSV/Parquet inputs to one HDF5 file laid out for fast reads")
+    p_pack.add_argument("output", help="the HDF5 file to write")
+    p_pack.add_argument("inputs", nargs="+", help="[name=]file.npy|.npz, or one [name=]file.csv|.parquet")
+    p_pack.add_argument("--compression", choices=["gzip", "lzf"], help="compress (chunked layout)")
+    p_pack.add_argument("--level", type=int, help="gzip level, 0-9")
+    p_pack.add_argument("--chunks", type=_chunks, default=..., help="auto (default), none, or rows per chunk")
+    p_pack.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p_pack.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_inspect = sub.add_parser("inspect", help="print an HDF5 file's fields, shapes, dtypes, layout, chunks, size")
+    p_inspect.add_argument("file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(epochs=args.epochs, seed=args.seed)
+        return 0
+    try:
+        if args.command == "pack":
+            _pack(args)
+        else:
+            print(inspect(args.file))
+    except KseqError as e:
+        print(f"kseq {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     return 0

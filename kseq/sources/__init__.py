@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -11,13 +12,17 @@ from kseq.errors import StructureError
 from kseq.sources.array import ArraySource
 from kseq.sources.base import Source, check_fields, check_indices
 from kseq.sources.dataframe import DataFrameSource
+from kseq.sources.hdf5 import HDF5Source
 
-__all__ = ["ArraySource", "DataFrameSource", "Source", "as_source", "check_fields", "check_indices"]
+__all__ = ["ArraySource", "DataFrameSource", "HDF5Source", "Source", "as_source", "check_fields", "check_indices"]
 
 
 def as_source(data: object) -> Source:
     """Wrap ``data`` as a Source: a Source passes through, a dict of arrays becomes an
-    :class:`ArraySource`, a DataFrame a :class:`DataFrameSource`."""
+    :class:`ArraySource`, a DataFrame a :class:`DataFrameSource`, a path (``str`` or
+    ``os.PathLike``) an :class:`HDF5Source` over every dataset in that HDF5 file."""
+    if isinstance(data, (str, os.PathLike)):
+        return HDF5Source(data)
     if isinstance(data, pd.DataFrame):
         return DataFrameSource(data)
     if isinstance(data, Mapping):
@@ -26,9 +31,12 @@ def as_source(data: object) -> Source:
         return data
     if isinstance(data, np.ndarray):
         msg = (
-            "Expected a Source, a dict of arrays or a DataFrame. Received a bare array of shape "
+            "Expected a Source, a dict of arrays, a DataFrame or an HDF5 path. Received a bare array of shape "
             f"{data.shape}: name it, e.g. {{'x': array}}."
         )
         raise StructureError(msg)
-    msg = f"Expected a Source, a dict of arrays or a DataFrame. Received {type(data).__name__}."
+    msg = (
+        "Expected a Source, a dict of arrays, a DataFrame or the path of an HDF5 file. "
+        f"Received {type(data).__name__}."
+    )
     raise StructureError(msg)

@@ -1,0 +1,342 @@
+"""pack: write arrays, a DataFrame, or a stream of batches to an HDF5 file laid out for fast reads.
+
+Layout rules (see NOTE [ HDF5 read paths ] in :mod:`kseq.sources.hdf5`):
+
+* uncompressed (the default) -> contiguous: :class:`~kseq.sources.HDF5Source` reads it through a
+  memory map, in any order, as fast as in-memory numpy;
+* compressed -> chunked, every field with the same number of rows per chunk (about 1 MiB for
+  the widest field), so one block of rows is whole chunks of every field and
+  :class:`~kseq.samplers.BlockShuffleSampler` reads each chunk about once an epoch.
+
+Data bigger than memory is written batch by batch and never held whole. A stream of unknown
+length is written to growable (chunked) datasets; if the layout asked for is contiguous it is
+then copied into contiguous datasets, block by block. Pass ``length=`` to skip that copy. The file
+appears under its name only when complete: an interrupted pack leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import EllipsisType
+from typing import Any, TextIO
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from kseq.errors import SourceError, StructureError
+from kseq.sources.array import ArraySource
+from kseq.sources.dataframe import DataFrameSource
+from kseq.sources.hdf5 import HDF5Source
+
+__all__ = ["pack"]
+
+_CHUNK_BYTES = 1 << 20  # target bytes of one chunk of the widest field
+_WRITE_BYTES = 64 << 20  # rows written (or copied) per HDF5 call
+
+
+def pack(
+    path: str | os.PathLike,
+    fields: Mapping[str, Any] | pd.DataFrame | Iterable[Mapping[str, Any] | pd.DataFrame],
+    *,
+    chunks: int | bool | EllipsisType | None = ...,
+    compression: str | None = None,
+    compression_opts: int | None = None,
+    length: int | None = None,
+    overwrite: bool = False,
+    progress: bool | TextIO = True,
+) -> HDF5Source:
+    """Write ``fields`` to the HDF5 file ``path`` and return an :class:`HDF5Source` over it.
+
+    Args:
+        path: the file to write.
+        fields: ``{name: array}`` (arrays or memmaps of equal length; ``"group/name"`` nests),
+            a DataFrame (one field per column), or an iterable of batches, each such a dict or
+            DataFrame with the same fields, trailing shapes and dtypes (data bigger than memory).
+        chunks: ``...`` (default) contiguous when uncompressed, else chunked with about 1 MiB
+            per chunk; ``None``/``False`` contiguous; ``True`` chunked, rows chosen for you; an
+            int, rows per chunk (the same for every field).
+        compression: ``None``, ``"gzip"`` or ``"lzf"`` (needs chunks).
+        compression_opts: the gzip level (0-9).
+        length: the total rows of an iterable, when known: writes contiguous datasets directly.
+        overwrite: replace an existing file.
+        progress: a progress bar on stderr (``True``), none (``False``), or a stream to draw it on.
+
+    Strings (numpy ``U`` or DataFrame text columns) are stored as UTF-8 fixed-length bytes.
+
+    Raises:
+        StructureError: fields of unequal length, batches that disagree in fields, shapes or
+            dtypes, a stream whose length differs from ``length``, or a bad option.
+        SourceError: ``path`` exists (without ``overwrite``) or cannot be written.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> path = tempfile.mkdtemp() + "/train.h5"
+        >>> src = pack(path, {"x": np.ones((100, 8), "float32"), "y": np.arange(100)}, progress=False)
+        >>> len(src), src.layouts["x"].layout, src.read([99])["y"].tolist()
+        (100, 'contiguous', [99])
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        msg = f"'{path}' already exists. Expected a new file name; pass overwrite=True (--overwrite) to replace it."
+        raise SourceError(msg)
+    compressed = _check_compression(compression, compression_opts)
+    batches, total = _batches(fields, length)
+    chunk_rows = _chunk_rows(chunks, compressed)
+    contiguous = chunk_rows is None
+    bar = _Progress(total, f"pack {path.name}", progress)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    staged = tmp.with_name(tmp.name + ".staged")
+    try:
+        if contiguous and total is None:
+            _write(staged, batches, None, "auto", None, None, bar)
+            _copy_contiguous(staged, tmp, _Progress(None, f"lay out {path.name}", progress))
+        else:
+            _write(tmp, batches, total, chunk_rows, compression, compression_opts, bar)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, staged):
+            leftover.unlink(missing_ok=True)
+    return HDF5Source(path)
+
+
+def _check_compression(compression: str | None, level: int | None) -> bool:
+    if compression not in (None, "gzip", "lzf"):
+        msg = f"compression must be None, 'gzip' or 'lzf'. Received compression={compression!r}."
+        raise StructureError(msg)
+    if level is not None and compression != "gzip":
+        msg = f"compression_opts is the gzip level; received compression_opts={level!r} with {compression=}."
+        raise StructureError(msg)
+    return compression is not None
+
+
+def _chunk_rows(chunks: object, compressed: bool) -> int | str | None:
+    """``None`` for contiguous, ``"auto"`` for about 1 MiB per chunk, or rows per chunk."""
+    if chunks is ...:
+        return "auto" if compressed else None
+    if chunks is None or chunks is False:
+        if compressed:
+            msg = "Compression needs a chunked layout. Received chunks=None with compression; pass chunks=True."
+            raise StructureError(msg)
+        return None
+    if chunks is True:
+        return "auto"
+    if isinstance(chunks, (int, np.integer)) and chunks >= 1:
+        return int(chunks)
+    msg = f"chunks must be ..., None, True/False or a positive number of rows. Received chunks={chunks!r}."
+    raise StructureError(msg)
+
+
+def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
+    """The rows to write as an iterator of ``{name: array}`` batches, and their total if known."""
+    if isinstance(fields, pd.DataFrame):
+        fields = DataFrameSource(fields).arrays
+    if isinstance(fields, Mapping):
+        arrays = ArraySource({k: _storable(k, v) for k, v in fields.items()}).arrays
+        total = len(next(iter(arrays.values())))
+        if length is not None and length != total:
+            msg = f"length={length} but the arrays have {total} rows. Leave length out for arrays."
+            raise StructureError(msg)
+        return _slices(arrays, total), total
+    if isinstance(fields, (str, bytes, np.ndarray)) or not isinstance(fields, Iterable):
+        msg = (
+            "pack expects {name: array}, a DataFrame, or an iterable of such batches. "
+            f"Received {type(fields).__name__}. Name a bare array: {{'x': array}}."
+        )
+        raise StructureError(msg)
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        msg = f"length must be a positive number of rows. Received length={length!r}."
+        raise StructureError(msg)
+    return (_batch_arrays(b, i) for i, b in enumerate(fields)), length
+
+
+def _slices(arrays: dict[str, np.ndarray], total: int) -> Iterator[dict[str, np.ndarray]]:
+    row_bytes = max(1, sum(a[:1].nbytes for a in arrays.values()))
+    step = max(1, _WRITE_BYTES // row_bytes)
+    for start in range(0, total, step):
+        yield {name: np.asarray(a[start : start + step]) for name, a in arrays.items()}
+
+
+def _batch_arrays(batch: object, number: int) -> dict[str, np.ndarray]:
+    if isinstance(batch, pd.DataFrame):
+        batch = DataFrameSource(batch).arrays
+    if not isinstance(batch, Mapping):
+        msg = f"Batch {number} of the stream is a {type(batch).__name__}. Expected {{name: array}} or a DataFrame."
+        raise StructureError(msg)
+    return {str(k): _storable(k, v) for k, v in ArraySource(batch).arrays.items()}
+
+
+def _storable(name: object, value: object) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.dtype.kind == "U":
+        return np.char.encode(array, "utf-8")
+    if array.dtype.kind not in "biufcS":
+        msg = (
+            f"Field {name!r} has dtype {array.dtype}, which HDF5 cannot store as fixed-size rows. "
+            "Expected numbers, booleans or strings; convert it (e.g. datetimes with .astype('int64'))."
+        )
+        raise StructureError(msg)
+    return array
+
+
+def _write(
+    target: Path,
+    batches: Iterator[dict[str, np.ndarray]],
+    total: int | None,
+    chunk_rows: int | str | None,
+    compression: str | None,
+    level: int | None,
+    bar: _Progress,
+) -> None:
+    written = 0
+    try:
+        with h5py.File(target, "w", track_order=True) as f:
+            datasets: dict[str, h5py.Dataset] = {}
+            for number, batch in enumerate(batches):
+                if not datasets:
+                    datasets = _create(f, batch, total, chunk_rows, compression, level)
+                _check_batch(batch, datasets, number)
+                n = len(next(iter(batch.values())))
+                if total is not None and written + n > total:
+                    msg = f"The stream has more rows than length={total} (batch {number} ends at row {written + n})."
+                    raise StructureError(msg)
+                for name, dset in datasets.items():
+                    if total is None:
+                        dset.resize(written + n, axis=0)
+                    dset[written : written + n] = batch[name]
+                written += n
+                bar.update(written)
+    except OSError as e:
+        msg = f"Cannot write '{target}' (fields so far: {written} rows): {e}."
+        raise SourceError(msg) from e
+    bar.close()
+    if written == 0 or (total is not None and written != total):
+        msg = f"The stream gave {written} rows; expected {total or 'at least 1'}. Nothing was written."
+        raise StructureError(msg)
+
+
+def _create(
+    f: h5py.File,
+    first: dict[str, np.ndarray],
+    total: int | None,
+    chunk_rows: int | str | None,
+    compression: str | None,
+    level: int | None,
+) -> dict[str, h5py.Dataset]:
+    widest = max(max(1, a[:1].nbytes) for a in first.values())
+    rows = max(1, _CHUNK_BYTES // widest) if chunk_rows == "auto" else chunk_rows
+    if rows is None and total is None:
+        rows = max(1, _CHUNK_BYTES // widest)
+    if rows is not None and total is not None:
+        rows = min(rows, total)
+    datasets = {}
+    for name, array in first.items():
+        trailing = array.shape[1:]
+        datasets[name] = _create_dataset(
+            f,
+            name,
+            shape=(total or 0, *trailing),
+            maxshape=None if total else (None, *trailing),
+            dtype=array.dtype,
+            chunks=None if rows is None else (rows, *trailing),
+            compression=compression,
+            compression_opts=level,
+        )
+    return datasets
+
+
+def _create_dataset(f: h5py.File, name: str, **options: Any) -> h5py.Dataset:
+    """``f.create_dataset`` whose intermediate groups also keep their members in insertion order."""
+    parent = f
+    *groups, leaf = name.strip("/").split("/")
+    for group in groups:
+        parent = parent[group] if group in parent else parent.create_group(group, track_order=True)
+    return parent.create_dataset(leaf, **options)
+
+
+def _check_batch(batch: dict[str, np.ndarray], datasets: Mapping[str, h5py.Dataset], number: int) -> None:
+    if list(batch) != list(datasets):
+        msg = f"Batch {number} has fields {list(batch)}; the first batch had {list(datasets)}. Expected the same."
+        raise StructureError(msg)
+    for name, dset in datasets.items():
+        array = batch[name]
+        if array.shape[1:] != dset.shape[1:]:
+            msg = (
+                f"Field {name!r}: batch {number} has rows of shape {array.shape[1:]}; the first batch had "
+                f"{dset.shape[1:]}. Expected one shape per field; pad rows to a common shape."
+            )
+            raise StructureError(msg)
+        if array.dtype.kind == "S" and array.dtype.itemsize > dset.dtype.itemsize:
+            msg = (
+                f"Field {name!r}: batch {number} has strings of {array.dtype.itemsize} bytes; the first batch "
+                f"fixed {dset.dtype.itemsize}. Cast the column to one width first, e.g. .astype('S64')."
+            )
+            raise StructureError(msg)
+        if not np.can_cast(array.dtype, dset.dtype, casting="same_kind"):
+            msg = f"Field {name!r}: batch {number} has dtype {array.dtype}; the first batch had {dset.dtype}."
+            raise StructureError(msg)
+
+
+def _copy_contiguous(source: Path, target: Path, bar: _Progress) -> None:
+    """Copy every dataset of ``source`` into contiguous datasets of ``target``, block by block."""
+    with h5py.File(source, "r") as src, h5py.File(target, "w", track_order=True) as dst:
+        names = _in_file_order(src)
+        total = src[names[0]].shape[0]
+        bar.total = total * len(names)
+        done = 0
+        for name in names:
+            dset = src[name]
+            out = _create_dataset(dst, name, shape=dset.shape, dtype=dset.dtype)
+            step = max(1, _WRITE_BYTES // max(1, math.prod(dset.shape[1:]) * dset.dtype.itemsize))
+            for start in range(0, total, step):
+                out[start : start + step] = dset[start : start + step]
+                done += min(step, total - start)
+                bar.update(done)
+    bar.close()
+
+
+def _in_file_order(group: h5py.Group, prefix: str = "") -> list[str]:
+    names = []
+    for key, item in group.items():
+        names += [prefix + key] if isinstance(item, h5py.Dataset) else _in_file_order(item, f"{prefix}{key}/")
+    return names
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, total: int | None, label: str, enabled: bool | TextIO) -> None:
+        self.total, self.label = total, label
+        self.stream: TextIO | None = (sys.stderr if enabled is True else enabled) or None  # type: ignore[assignment]
+        self.start = self.last = time.perf_counter()
+        self.done = self.drawn = 0
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.perf_counter()
+        if self.stream is not None and now - self.last >= 0.1:
+            self.last = now
+            self._draw(now)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            if self.drawn != self.done or self.done == 0:
+                self._draw(time.perf_counter())
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self, now: float) -> None:
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.total:
+            filled = int(30 * self.done / self.total)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done:,}/{self.total:,} rows"
+        else:
+            bar = f"{self.done:,} rows"
+        self.drawn = self.done
+        self.stream.write(f"\r{self.label}: {bar}, {rate:,.0f} rows/s")  # type: ignore[union-attr]
+        self.stream.flush()  # type: ignore[union-attr]

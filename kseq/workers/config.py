@@ -1,0 +1,94 @@
+"""How a dataset computes its batches: inline, in threads, or in worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import keras
+import numpy as np
+
+from kseq.errors import StructureError
+
+__all__ = ["Mode", "WorkerConfig", "default_start_method"]
+
+Mode = Literal["inline", "threads", "processes"]
+
+
+def default_start_method() -> str:
+    """``fork`` where the platform has it, else the platform default.
+
+    Under the JAX backend the default is ``forkserver``: JAX warns that ``os.fork()``
+    after it has started its threads may deadlock, and the forkserver is forked
+    from a clean process instead.
+    """
+    available = multiprocessing.get_all_start_methods()
+    if "fork" not in available:
+        return multiprocessing.get_context().get_start_method()
+    if keras.config.backend() == "jax" and "forkserver" in available:
+        return "forkserver"
+    return "fork"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where batches are computed, with ``keras.utils.PyDataset``'s arguments.
+
+    ``workers > 1`` (threads) or ``use_multiprocessing=True`` with ``workers >= 1``
+    (processes) start kseq's own persistent pool; anything else computes inline,
+    exactly as Keras decides for a PyDataset.
+
+    Args:
+        workers: threads or processes computing batches.
+        use_multiprocessing: processes instead of threads.
+        max_queue_size: batches computed ahead of the one asked for (and in flight).
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; ``None`` picks
+            :func:`default_start_method` when the pool starts.
+
+    Example:
+        >>> WorkerConfig(workers=2, use_multiprocessing=True).mode
+        'processes'
+        >>> WorkerConfig(workers=4).mode, WorkerConfig().mode
+        ('threads', 'inline')
+    """
+
+    workers: int = 1
+    use_multiprocessing: bool = False
+    max_queue_size: int = 10
+    start_method: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_count("workers", self.workers, minimum=0)
+        _check_count("max_queue_size", self.max_queue_size, minimum=1)
+        object.__setattr__(self, "use_multiprocessing", bool(self.use_multiprocessing))
+        available = multiprocessing.get_all_start_methods()
+        if self.start_method is not None and self.start_method not in available:
+            msg = (
+                f"start_method must be one of {available} on this platform, or None for the default. "
+                f"Received start_method={self.start_method!r}."
+            )
+            raise StructureError(msg)
+        if self.start_method is not None and self.mode != "processes":
+            warnings.warn(
+                f"start_method={self.start_method!r} is ignored: batches are computed {self.mode}. "
+                "Pass use_multiprocessing=True (and workers >= 1) to start worker processes.",
+                stacklevel=4,
+            )
+
+    @property
+    def mode(self) -> Mode:
+        if self.use_multiprocessing and self.workers >= 1:
+            return "processes"
+        return "threads" if self.workers > 1 else "inline"
+
+    @property
+    def resolved_start_method(self) -> str:
+        return self.start_method or default_start_method()
+
+
+def _check_count(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        msg = f"{name} must be an integer >= {minimum}. Received {name}={value!r}."
+        raise StructureError(msg)

@@ -1,0 +1,236 @@
+"""BatchLoader: serve a dataset's batches from a persistent pool, prefetching in consumption order.
+
+# NOTE [ prefetching and fit(shuffle=True) ]
+Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``, so a request is
+the key ``(e, i)`` and any worker can compute it at any time. After serving
+``(e, i)`` the loader keeps up to ``max_queue_size`` keys in flight or ready,
+in the order they will be asked for: ``(e, i+1) ... (e, n-1), (e+1, 0) ...``,
+which covers the start of the next epoch too, so no epoch starts cold.
+``on_epoch_end`` moves a window: workers skip requests outside epochs
+``e`` and ``e + 1`` and stale results are dropped.
+
+``model.fit(shuffle=True)``, the Keras default, asks for a random permutation of
+the indices. The loader then stays correct by serving whatever is asked on
+demand, keeping the workers busy with indices of the epoch not yet served, and
+warns once: kseq already shuffles samples from ``(seed, epoch)``, so
+``fit(..., shuffle=False)`` loses nothing and restores prefetching.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from itertools import chain, islice
+from typing import Any
+
+from kseq.errors import WorkerError
+from kseq.workers.backend import Backend, Done, Key
+from kseq.workers.config import WorkerConfig
+from kseq.workers.process import ProcessPool
+from kseq.workers.shm import SlotPool, sweep_stale
+from kseq.workers.threads import ThreadPool
+
+__all__ = ["BatchLoader"]
+
+_POLL_S = 1.0
+_WARN_STACKLEVEL = 6  # warn() <- _begin <- _fetch <- get <- Dataset.__getitem__ <- its caller
+
+
+class BatchLoader:
+    """A dataset's own persistent pool of threads or processes, and its prefetch queue.
+
+    ``get(dataset, epoch, index, length)`` returns ``dataset.get_batch(index, epoch)``
+    computed by a worker. The pool starts on the first request and is kept across
+    epochs and ``fit`` calls, until :meth:`close`, the dataset's garbage collection,
+    or interpreter exit. A pickled loader arrives idle, with its configuration.
+
+    Example:
+        >>> import numpy as np
+        >>> class Squares:
+        ...     def get_batch(self, index, epoch):
+        ...         return (np.arange(3) + 10 * epoch + index) ** 2,
+        >>> loader = BatchLoader(WorkerConfig(workers=2, use_multiprocessing=True, start_method="fork"))
+        >>> ds = Squares()
+        >>> [loader.get(ds, 1, i, 4)[0].tolist() for i in range(2)]
+        [[100, 121, 144], [121, 144, 169]]
+        >>> len(loader.pids())
+        2
+        >>> loader.close(); loader.pids()
+        []
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self._owner = os.getpid()
+        self._pool: Backend | None = None
+        self._slots: SlotPool | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._warned = False
+        self._reset()
+
+    def __reduce__(self) -> tuple:
+        return (BatchLoader, (self.config,))
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (empty for threads or when no pool runs)."""
+        pool = self._pool
+        return [] if pool is None else pool.pids()
+
+    def get(self, dataset: Any, epoch: int, index: int, length: int) -> Any:
+        """Batch ``index`` of ``epoch``, computed by a worker; raises :class:`WorkerError` when it failed."""
+        with self._lock:
+            try:
+                done = self._fetch(dataset, epoch, index, length)
+            except BaseException:  # a broken pool, Ctrl-C, or a start that failed: stop every worker
+                self.close(graceful=False)
+                raise
+            if done.status == "error":
+                text, cause = done.value
+                raise WorkerError(_batch_error_message(done, text)) from cause
+            return self._pool.materialize(done)  # type: ignore[union-attr]
+
+    def set_epoch(self, epoch: int) -> None:
+        """The dataset moved to ``epoch``: workers skip requests of other epochs (lock-free, any thread)."""
+        pool = self._pool
+        if pool is not None:
+            pool.set_window(epoch)
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Stop the workers and remove the shared memory; the next request starts a new pool."""
+        if os.getpid() != self._owner:
+            return  # a forked child never touches its parent's pool
+        with self._lock:
+            pool, slots = self._pool, self._slots
+            self._pool = self._slots = None
+            self._reset()
+            try:
+                if pool is not None:
+                    pool.close(graceful=graceful)
+            finally:
+                if slots is not None:
+                    slots.close()
+
+    # -- one request ---------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._pending: set[Key] = set()
+        self._ready: dict[Key, Done] = {}
+        self._epoch: int | None = None
+        self._served: set[int] = set()
+        self._last: int | None = None
+        self._in_order = True
+
+    def _fetch(self, dataset: Any, epoch: int, index: int, length: int) -> Done:
+        pool = self._ensure_started(dataset)
+        self._begin(epoch, index)
+        key = (epoch, index)
+        if key not in self._ready and key not in self._pending:
+            self._submit(dataset, key)
+        self._top_up(dataset, key, length)
+        while key not in self._ready:
+            for done in pool.poll(_POLL_S):
+                self._collect(dataset, done, key)
+        done = self._ready.pop(key)
+        self._top_up(dataset, key, length)
+        return done
+
+    def _ensure_started(self, dataset: Any) -> Backend:
+        if self._pool is not None:
+            return self._pool
+        if self.config.mode == "processes":
+            slots = SlotPool()
+            sweep_stale(slots.directory)
+            try:
+                self._pool = ProcessPool(
+                    dataset, workers=self.config.workers, start_method=self.config.resolved_start_method, slots=slots
+                )
+            except BaseException:
+                slots.close()
+                raise
+            self._slots = slots
+        else:
+            self._pool = ThreadPool(workers=self.config.workers)
+        if self._finalizer is None or not self._finalizer.alive:
+            self._finalizer = weakref.finalize(dataset, self.close)
+        return self._pool
+
+    def _begin(self, epoch: int, index: int) -> None:
+        if epoch != self._epoch:
+            self._epoch, self._served, self._last, self._in_order = epoch, set(), None, True
+            self._pool.set_window(epoch)  # type: ignore[union-attr]
+            for key in [k for k in self._ready if not self._useful(k)]:
+                self._pool.discard(self._ready.pop(key))  # type: ignore[union-attr]
+        expected = 0 if self._last is None else self._last + 1
+        if index != expected and self._in_order:
+            self._in_order = False
+            self._warn_out_of_order(index, self._last)
+        self._last = index
+        self._served.add(index)
+
+    def _submit(self, dataset: Any, key: Key) -> None:
+        self._pool.submit(dataset, key)  # type: ignore[union-attr]
+        self._pending.add(key)
+
+    def _collect(self, dataset: Any, done: Done, wanted: Key) -> None:
+        self._pending.discard(done.key)
+        if done.status == "skipped":
+            if done.key == wanted:  # the window moved away and back: ask again
+                self._submit(dataset, wanted)
+        elif done.key == wanted or self._useful(done.key):
+            self._ready[done.key] = done
+        else:
+            self._pool.discard(done)  # type: ignore[union-attr]
+
+    def _useful(self, key: Key) -> bool:
+        epoch, index = key
+        current = self._epoch if self._epoch is not None else epoch
+        return (epoch == current and index not in self._served) or epoch == current + 1
+
+    def _top_up(self, dataset: Any, key: Key, length: int) -> None:
+        room = self.config.max_queue_size - len(self._pending) - len(self._ready)
+        if room > 0:
+            for ahead in list(islice(self._ahead(key, length), room)):
+                self._submit(dataset, ahead)
+
+    def _ahead(self, key: Key, length: int) -> Iterator[Key]:
+        """The keys most likely to be asked for next, best first, neither in flight nor ready."""
+        epoch, index = key
+        if self._in_order:
+            keys: Iterator[Key] = chain(
+                ((epoch, i) for i in range(index + 1, length)), ((epoch + 1, i) for i in range(length))
+            )
+        else:  # shuffled requests: any index of this epoch not served yet will be asked for
+            scan = islice(chain(range(index + 1, length), range(index)), 8 * self.config.max_queue_size + 64)
+            keys = ((epoch, i) for i in scan if i not in self._served)
+        return (k for k in keys if k not in self._pending and k not in self._ready)
+
+    def _warn_out_of_order(self, index: int, last: int | None) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        after = "as the first of its epoch" if last is None else f"after batch {last}"
+        warnings.warn(
+            f"Batch {index} was requested {after}: batches are being asked for out of order, so kseq's "
+            "workers serve them on demand instead of prefetching ahead. model.fit(shuffle=True), the Keras "
+            "default, does this. kseq datasets already shuffle samples every epoch from (seed, epoch), so "
+            "pass shuffle=False to fit (or evaluate/predict) to restore prefetching; the training data "
+            "stays shuffled.",
+            stacklevel=_WARN_STACKLEVEL,
+        )
+
+
+def _batch_error_message(done: Done, text: str) -> str:
+    epoch, index = done.key
+    return (
+        f"{done.worker} raised while computing batch {index} of epoch {epoch}. "
+        f"To debug it in the main process: ds.get_batch({index}, epoch={epoch}), or workers=0.\n"
+        f"Worker traceback:\n{text}"
+    )

@@ -1,0 +1,314 @@
+"""A persistent pool of worker processes that return batches through shared memory.
+
+# NOTE [ worker processes ]
+Each worker gets the dataset once, at start (inherited under ``fork``, pickled
+under ``spawn`` and ``forkserver``), and a duplex pipe. A request is
+``(epoch, index, slot path)``; the worker calls the pure
+``dataset.get_batch(index, epoch)``, writes the arrays into the slot
+(NOTE [ shared-memory slots ] in ``shm.py``) and answers with the batch's
+skeleton and layout. Requests carry their epoch, so no state leaks between
+epochs and any worker can compute any batch.
+
+The main process waits on every pipe *and* every process sentinel at once
+(``multiprocessing.connection.wait``), so a worker that dies (a signal,
+``os._exit``, the OOM killer) is seen at once and raised as a ``WorkerError``
+naming it, its exit code or signal, and the batches it held: never a hang.
+Workers ignore SIGINT (Ctrl-C is the main process's to handle: it closes the
+pool) and exit by themselves when their parent goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from kseq.errors import WorkerError
+from kseq.workers.backend import Done, Key, in_window, reseed_globals
+from kseq.workers.pickling import dumps_for_workers
+from kseq.workers.shm import SlotPool, SlotWriter
+from kseq.workers.tree import flatten, unflatten
+
+__all__ = ["ProcessPool"]
+
+_PARENT_CHECK_S = 1.0
+_JOIN_S = 2.0
+
+
+@dataclass
+class _Worker:
+    number: int
+    process: BaseProcess
+    conn: Connection
+    busy: set[Key] = field(default_factory=set)
+    ready: bool = False
+
+    def __str__(self) -> str:
+        return f"kseq worker {self.number} (pid {self.process.pid})"
+
+
+class ProcessPool:
+    """``workers`` processes computing batches of ``dataset`` into ``slots``.
+
+    Example:
+        >>> import numpy as np
+        >>> from kseq.workers.shm import SlotPool
+        >>> class Squares:
+        ...     def get_batch(self, index, epoch):
+        ...         return (np.arange(4) + index) ** 2,
+        >>> slots = SlotPool()
+        >>> pool = ProcessPool(Squares(), workers=1, start_method="fork", slots=slots)
+        >>> pool.submit(None, (0, 1))
+        >>> done = []
+        >>> while not done:  # poll returns what finished; the first answer is the worker's "ready"
+        ...     done = pool.poll(10.0)
+        >>> pool.materialize(done[0])[0].tolist()
+        [1, 4, 9, 16]
+        >>> pool.close(graceful=True); slots.close()
+    """
+
+    def __init__(self, dataset: Any, *, workers: int, start_method: str, slots: SlotPool) -> None:
+        context = multiprocessing.get_context(start_method)
+        payload = dataset if start_method == "fork" else dumps_for_workers(dataset, start_method)
+        self.start_method = start_method
+        self._slots = slots
+        self._window = context.RawValue("q", 0)
+        self._workers: list[_Worker] = []
+        self._tasks: dict[Key, tuple[_Worker, int]] = {}
+        try:
+            for number in range(workers):
+                self._workers.append(self._start(context, number, payload))
+        except BaseException:
+            self.close(graceful=False)
+            raise
+
+    def _start(self, context: Any, number: int, payload: Any) -> _Worker:
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_worker_main,
+            args=(child_end, payload, os.getpid(), self._window),
+            name=f"kseq-worker-{number}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except Exception as e:
+            msg = f"Cannot start kseq worker {number} with start_method={self.start_method!r}: {e}"
+            raise WorkerError(msg) from e
+        finally:
+            child_end.close()
+        return _Worker(number, process, parent_end)
+
+    # -- the Backend protocol ----------------------------------------------------
+
+    def submit(self, dataset: Any, key: Key) -> None:  # noqa: ARG002 - the workers hold their own copy
+        worker = min(self._workers, key=lambda w: len(w.busy))
+        slot, path = self._slots.acquire()
+        try:
+            worker.conn.send((key[0], key[1], path))
+        except OSError as e:  # its pipe broke: the worker is gone
+            self._slots.release(slot)
+            raise self._death(worker) from e
+        worker.busy.add(key)
+        self._tasks[key] = (worker, slot)
+
+    def poll(self, timeout: float) -> list[Done]:
+        by_conn = {w.conn: w for w in self._workers}
+        by_sentinel = {w.process.sentinel: w for w in self._workers}
+        ready = wait([*by_conn, *by_sentinel], timeout)
+        done: list[Done] = []
+        for obj in ready:
+            if obj in by_conn:
+                done.extend(self._drain(by_conn[obj]))  # type: ignore[index]
+        for obj in ready:
+            if obj in by_sentinel:
+                worker = by_sentinel[obj]  # type: ignore[index]
+                done.extend(self._drain(worker))
+                raise self._death(worker)
+        return done
+
+    def set_window(self, epoch: int) -> None:
+        self._window.value = epoch
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def materialize(self, done: Done) -> Any:
+        slot, skeleton, layout = done.value
+        return unflatten(skeleton, self._slots.lease(slot, layout))
+
+    def discard(self, done: Done) -> None:
+        if done.status == "ok":
+            self._slots.release(done.value[0])
+
+    def close(self, *, graceful: bool) -> None:
+        """Stop every worker: ask, wait up to 2 s when ``graceful``, then terminate, then kill."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        if graceful:
+            for worker in self._workers:
+                worker.process.join(_JOIN_S)
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join(_JOIN_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+            worker.process.close()
+        self._workers = []
+        self._tasks.clear()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _drain(self, worker: _Worker) -> list[Done]:
+        done = []
+        try:
+            while worker.conn.poll():
+                result = self._receive(worker, worker.conn.recv())
+                if result is not None:
+                    done.append(result)
+        except (EOFError, OSError):  # its pipe closed: the worker is gone
+            raise self._death(worker) from None
+        return done
+
+    def _receive(self, worker: _Worker, message: tuple) -> Done | None:
+        status, key, value = message
+        if status == "ready":
+            worker.ready = True
+            return None
+        if status == "fatal":
+            msg = f"{worker} could not load the dataset (start_method={self.start_method!r}):\n{value}"
+            raise WorkerError(msg)
+        worker.busy.discard(key)
+        _, slot = self._tasks.pop(key)
+        if status == "ok":
+            skeleton, layout = value
+            return Done(key, "ok", (slot, skeleton, layout), str(worker))
+        self._slots.release(slot)
+        if status == "error":
+            text, exc_bytes = value
+            return Done(key, "error", (text, _loads(exc_bytes)), str(worker))
+        return Done(key, "skipped", None, str(worker))
+
+    def _death(self, worker: _Worker) -> WorkerError:
+        worker.process.join(_JOIN_S)
+        code = worker.process.exitcode
+        if code is None:
+            how = "closed its pipe"
+        elif code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}" + _SIGNAL_HINTS.get(-code, "")
+        else:
+            how = f"exited with code {code}"
+        if not worker.ready:
+            msg = (
+                f"{worker} {how} while starting, before it could load the dataset "
+                f"(start_method={self.start_method!r}). Under spawn and forkserver the main module is imported "
+                "again in every worker: guard the script's entry point with `if __name__ == '__main__':`, "
+                "and check that the dataset's module imports cleanly."
+            )
+            return WorkerError(msg)
+        msg = (
+            f"{worker} {how} while computing {_describe(worker.busy)}. The pool is closed; the next batch starts "
+            "a new one. To debug, compute that batch in the main process (ds.get_batch(index, epoch)), "
+            "or pass workers=0."
+        )
+        return WorkerError(msg)
+
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: " (often the out-of-memory killer: lower max_queue_size or workers)",
+    signal.SIGBUS: " (often a full /dev/shm: lower max_queue_size, or give the machine more shared memory)",
+}
+
+
+def _describe(keys: set[Key]) -> str:
+    if not keys:
+        return "no batch (it was idle)"
+    by_epoch: dict[int, list[int]] = {}
+    for epoch, index in sorted(keys):
+        by_epoch.setdefault(epoch, []).append(index)
+    parts = [f"batch {ix[0]}" if len(ix) == 1 else f"batches {ix}" for ix in by_epoch.values()]
+    return ", ".join(f"{part} of epoch {epoch}" for part, epoch in zip(parts, by_epoch, strict=True))
+
+
+def _loads(data: bytes | None) -> BaseException | None:
+    if data is None:
+        return None
+    try:
+        return pickle.loads(data)
+    except Exception:  # an exception that does not unpickle: the traceback text still says it all
+        return None
+
+
+# -- the worker side -------------------------------------------------------------------
+
+
+def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        dataset = pickle.loads(payload) if isinstance(payload, bytes) else payload
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("fatal", None, traceback.format_exc()))
+        return
+    writer = SlotWriter()
+    try:
+        conn.send(("ready", None, None))
+        _serve(conn, dataset, writer, parent_pid, window)
+    except (EOFError, OSError):
+        return  # the main process went away
+    finally:
+        writer.close()
+
+
+def _serve(conn: Connection, dataset: Any, writer: SlotWriter, parent_pid: int, window: Any) -> None:
+    while True:
+        if not conn.poll(_PARENT_CHECK_S):
+            if os.getppid() != parent_pid:
+                return
+            continue
+        request = conn.recv()
+        if request is None:
+            return
+        epoch, index, path = request
+        if not in_window(epoch, window.value):
+            conn.send(("skipped", (epoch, index), None))
+            continue
+        _send(conn, _compute(dataset, writer, epoch, index, path), (epoch, index))
+
+
+def _compute(dataset: Any, writer: SlotWriter, epoch: int, index: int, path: str) -> tuple:
+    reseed_globals(getattr(dataset, "seed", 0), epoch, index)
+    try:
+        skeleton, arrays = flatten(dataset.get_batch(index, epoch))
+        return ("ok", (epoch, index), (skeleton, writer.write(path, arrays)))
+    except Exception as e:
+        return ("error", (epoch, index), (traceback.format_exc(), _dumps(e)))
+
+
+def _send(conn: Connection, message: tuple, key: Key) -> None:
+    try:
+        conn.send(message)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:  # a leaf that is neither array nor picklable
+        text = "".join(traceback.format_exception(e))
+        conn.send(("error", key, (f"The batch cannot be sent to the main process:\n{text}", None)))
+
+
+def _dumps(error: BaseException) -> bytes | None:
+    try:
+        data = pickle.dumps(error)
+        pickle.loads(data)
+    except Exception:
+        return None
+    return data

@@ -13,6 +13,7 @@ from kseq.samplers import Sampler, SequentialSampler, ShuffleSampler, batch_rng,
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check
+from kseq.workers import BatchLoader, WorkerConfig
 
 __all__ = ["Dataset"]
 
@@ -34,7 +35,22 @@ class Dataset(keras.utils.PyDataset):
         shuffle: draw a new sample order every epoch from ``(seed, epoch)``.
         seed: the seed; ``None`` draws one at construction, exposed as ``ds.seed``.
         drop_remainder: leave out the last partial batch of each epoch.
-        workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``.
+        workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``, but
+            served by kseq's own persistent pool (see below); Keras sees an inline dataset.
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"`` for worker processes;
+            ``None``: ``fork`` where available (``forkserver`` under the JAX backend).
+
+    Workers: ``workers=N`` computes batches in N threads, and ``workers=N,
+    use_multiprocessing=True`` in N processes that return them through shared memory.
+    The pool starts on the first batch, prefetches in the order batches will be asked
+    for, and is kept across epochs and ``fit`` calls until :meth:`close`, the end of a
+    ``with`` block, garbage collection, or exit. Batches are identical for any worker
+    count, thread or process, and start method. Random transforms should draw from
+    ``self.batch_rng(index, epoch)``; in worker processes the global ``np.random`` and
+    ``random`` are also reseeded from ``(seed, epoch, index)`` before every batch. A
+    failure in a worker raises :class:`~kseq.errors.WorkerError` with its traceback and
+    batch index; a worker that dies is reported at once, never a hang. Workers hold the
+    dataset as it was when the pool started: call :meth:`close` after changing it.
 
     Example:
         >>> import numpy as np
@@ -56,8 +72,15 @@ class Dataset(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        start_method: str | None = None,
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        # Keras iterates inline and never starts its own pool; kseq runs its own (NOTE in kseq/workers/loader.py).
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
+        self.worker_config = WorkerConfig(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+            start_method=start_method,
+        )
+        self._loader = None if self.worker_config.mode == "inline" else BatchLoader(self.worker_config)
         self.source = as_source(source)
         self.batch_size = check_batch_size(batch_size)
         self.shuffle = bool(shuffle)
@@ -101,11 +124,34 @@ class Dataset(keras.utils.PyDataset):
         return len(self.sampler)
 
     def __getitem__(self, index: int) -> tuple:
-        batch = self.get_batch(index)
+        if self._loader is None:
+            batch = self.get_batch(index)
+        else:
+            batch = self._loader.get(self, self.epoch, _check_index(index, len(self)), len(self))
         return batch if self._structure is None else self._structure.adapt(batch)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
+        if self._loader is not None:
+            self._loader.set_epoch(self.epoch)
+
+    @property
+    def workers(self) -> int:
+        """What Keras reads: 1, so that it iterates inline; kseq's pool size is ``worker_config.workers``."""
+        return 1
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        _refuse_pool_change("workers", value)
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        """What Keras reads: False; kseq's own setting is ``worker_config.use_multiprocessing``."""
+        return False
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value: bool) -> None:
+        _refuse_pool_change("use_multiprocessing", value)
 
     # -- kseq API --------------------------------------------------------------
 
@@ -123,6 +169,19 @@ class Dataset(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""
         self.epoch = int(epoch)
+        if self._loader is not None:
+            self._loader.set_epoch(self.epoch)
+
+    def close(self) -> None:
+        """Stop this dataset's worker pool and remove its shared memory (a later batch starts a new pool)."""
+        if self._loader is not None:
+            self._loader.close()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
         """``kseq.check(model, self)``: compare with ``model`` and adapt batches to its structure."""
@@ -137,6 +196,14 @@ class Dataset(keras.utils.PyDataset):
             f"{type(self).__name__}({len(self.source)} rows, batch_size={self.batch_size}, "
             f"{len(self)} batches, shuffle={self.shuffle}, seed={self.seed}, epoch={self.epoch})"
         )
+
+
+def _refuse_pool_change(name: str, value: object) -> None:
+    msg = (
+        f"Cannot set {name}={value!r} on a kseq dataset after construction: kseq runs its own worker pool, "
+        f"configured once. Pass {name}= to the constructor instead."
+    )
+    raise StructureError(msg)
 
 
 def _check_seed(seed: object) -> int:

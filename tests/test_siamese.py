@@ -42,6 +42,22 @@ class RecordingSource(ArraySource):
         return super().read(indices, fields)
 
 
+class RecordingFileSource:
+    """A Source that is not an ArraySource, as a file-backed one is: it records every read it serves."""
+
+    def __init__(self, fields):
+        self._rows = ArraySource(fields)
+        self.fields = self._rows.fields
+        self.reads = []
+
+    def __len__(self):
+        return len(self._rows)
+
+    def read(self, indices, fields=None):
+        self.reads.append((np.asarray(indices).copy(), None if fields is None else list(fields)))
+        return self._rows.read(indices, fields)
+
+
 @pytest.mark.portable
 class TestClassIndex:
     def test_groups_rows_by_sorted_class(self):
@@ -261,8 +277,8 @@ class TestSiamesePairDataset:
         assert y.tolist() == same.astype(float).tolist()
         assert y.sum() == 2
 
-    def test_reads_only_the_rows_each_batch_pairs_from_a_memmap(self, tmp_path):
-        """The label is read once at construction; each batch reads the sorted union of its pair rows, once."""
+    def test_reads_only_each_sides_rows_from_a_memmap(self, tmp_path):
+        """The label is read once, at construction; a batch then reads each side's rows of x, nothing else."""
         data = clusters(n=200)
         x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype="float32", shape=data["x"].shape)
         x[:] = data["x"]
@@ -271,10 +287,25 @@ class TestSiamesePairDataset:
         assert [f for _, f in source.reads] == [["label"]]
         source.reads.clear()
         pairs = ds.sampler.indices(ds.epoch, 4)
-        _, _ = ds[4]
+        x_batch, _ = ds[4]
+        assert [(rows.tolist(), fields) for rows, fields in source.reads] == [
+            (pairs[:, 0].tolist(), ["x"]), (pairs[:, 1].tolist(), ["x"])
+        ]
+        assert np.array_equal(x_batch["right"], data["x"][pairs[:, 1]])
+
+    def test_other_sources_are_read_once_per_batch_at_the_sorted_union(self):
+        """A P x K batch names each block row on both sides; a file-backed source reads each row once."""
+        data = clusters(n=120, classes=6)
+        source = RecordingFileSource(data)
+        ds = TripletDataset(source, batch_size=12, classes_per_batch=3, seed=0)
+        source.reads.clear()
+        triplets = ds.sampler.indices(ds.epoch, 2)
+        (x,) = ds[2]
         (rows, fields), = source.reads
         assert fields == ["x"]
-        assert rows.tolist() == sorted(set(pairs.ravel().tolist()))
+        assert rows.tolist() == sorted(set(triplets.ravel().tolist()))
+        assert len(rows) == 12
+        assert np.array_equal(x["negative"], data["x"][triplets[:, 2]])
 
     def test_hdf5_source(self, tmp_path):
         hdf5 = pytest.importorskip("kseq.sources.hdf5")

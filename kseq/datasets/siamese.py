@@ -1,10 +1,23 @@
 """SiamesePairDataset and TripletDataset: balanced, seeded pairs and triplets, new every epoch.
 
 Both read the label field once, at construction, to group rows by class (every check on
-labels happens there), and then read per batch only the rows that batch pairs up: one
-``source.read`` of the sorted union of its rows, then one ``take`` per side. That keeps
-HDF5 and memmap sources larger than memory usable. How the partners are drawn is in
+labels happens there), and then read per batch only the rows that batch pairs up; see
+NOTE [ reading the rows of a batch ] below. How the partners are drawn is in
 NOTE [ how pairs and triplets are drawn ] in :mod:`kseq.samplers.pairs`.
+
+# NOTE [ reading the rows of a batch ]
+A batch of ``b`` pairs names up to ``2 b`` rows, often with repeats (always in P x K mode,
+where every partner is a row of the batch's own block). Two ways to read them:
+
+  * one ``source.read`` per side: numpy fancy indexing straight into each side's array.
+    Cheapest when a read is only a memory copy, which is what an ``ArraySource`` (numpy
+    arrays, memmaps, a DataFrame's columns) does: no sort, no second copy.
+  * one ``source.read`` of the sorted unique rows, then one ``take`` per side: each row is
+    read once, in file order, in one call. What a source with a cost per read or per
+    chunk wants (HDF5, anything reading from disk through a library), so every other
+    Source is read this way.
+
+Either way only the batch's rows are read, so sources larger than memory work.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from kseq.batching import pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.pairs import ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
-from kseq.sources import Source, as_source, check_fields
+from kseq.sources import ArraySource, Source, as_source, check_fields
 
 __all__ = ["SiamesePairDataset", "TripletDataset"]
 
@@ -58,18 +71,19 @@ class _ClassTupleDataset(Dataset):
     def read_rows(self, indices: np.ndarray) -> dict[str, Any]:
         """``{input_name: {field: rows}}`` for the ``(b, roles)`` row indices of one batch.
 
-        The source is read once, at the sorted unique rows; each side is a ``take`` of that.
-        Each side also carries its labels (from the index built at construction, not re-read).
+        See NOTE [ reading the rows of a batch ]. Each side also carries its labels, taken
+        from the index built at construction (the label field is not read again).
         """
-        unique, inverse = np.unique(indices, return_inverse=True)
-        inverse = inverse.reshape(indices.shape)
-        data = self.source.read(unique, self.fields)
-        rows: dict[str, Any] = {}
-        for j, name in enumerate(self.input_names):
-            side = {field: data[field][inverse[:, j]] for field in self.fields}
+        if isinstance(self.source, ArraySource):
+            sides = [self.source.read(indices[:, j], self.fields) for j in range(indices.shape[1])]
+        else:
+            unique, inverse = np.unique(indices, return_inverse=True)
+            inverse = inverse.reshape(indices.shape)
+            data = self.source.read(unique, self.fields)
+            sides = [{f: data[f][inverse[:, j]] for f in self.fields} for j in range(indices.shape[1])]
+        for j, side in enumerate(sides):
             side[self.label] = self.class_index.labels[indices[:, j]]
-            rows[name] = side
-        return rows
+        return dict(zip(self.input_names, sides, strict=True))
 
     def inputs_of(self, rows: dict[str, Any]) -> dict[str, np.ndarray]:
         """x of one batch: each side's fields under :attr:`input_keys`."""

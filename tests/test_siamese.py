@@ -403,6 +403,23 @@ class TestTripletDataset:
             TripletDataset({"x": np.zeros((5, 1)), "label": np.array([0, 0, 1, 1, 9])})
 
 
+class TestWorkers:
+    """Not portable: under JAX worker processes start by forkserver and re-import JAX (seconds)."""
+
+    def test_worker_processes_give_the_same_pairs_as_inline(self):
+        """Pairs are a pure function of (seed, epoch, batch): two worker processes reproduce them exactly."""
+        inline = SiamesePairDataset(clusters(n=200), batch_size=16, seed=0)
+        with SiamesePairDataset(clusters(n=200), batch_size=16, seed=0, workers=2, use_multiprocessing=True) as pooled:
+            for _ in range(2):
+                for i in range(len(pooled)):
+                    (got, y_got), (want, y_want) = pooled[i], inline[i]
+                    assert np.array_equal(got["left"], want["left"])
+                    assert np.array_equal(got["right"], want["right"])
+                    assert np.array_equal(y_got, y_want)
+                pooled.on_epoch_end()
+                inline.on_epoch_end()
+
+
 def siamese_model(dim=4, structure="dict"):
     """A shared tower; the output is P(same class) from the absolute difference of the embeddings."""
     tower = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)])

@@ -1,0 +1,364 @@
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from kseq import Dataset, MultiInputDataset, SourceError, StructureError
+from kseq.samplers.block import BlockShuffleSampler, block_permutation
+from kseq.sources import as_source
+from kseq.sources.hdf5 import HDF5Source, describe
+
+N = 1000
+LAYOUTS = {
+    "contiguous": {},
+    "chunked": {"chunks": True},
+    "gzip": {"compression": "gzip"},
+}
+
+
+def write(path, arrays, **options):
+    """Write ``arrays`` to ``path`` with h5py directly (not kseq.pack), every dataset with ``options``."""
+    with h5py.File(path, "w") as f:
+        for name, array in arrays.items():
+            opts = dict(options)
+            if opts.get("chunks") is True:
+                opts["chunks"] = (50, *array.shape[1:])
+            if "compression" in opts:
+                opts.setdefault("chunks", (50, *array.shape[1:]))
+            f.create_dataset(name, data=array, **opts)
+    return path
+
+
+@pytest.fixture
+def arrays(rng):
+    return {
+        "x": rng.normal(size=(N, 6)).astype("float32"),
+        "id": np.arange(N, dtype="int64"),
+        "label": (np.arange(N) % 3).astype("int32"),
+    }
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def layout_file(request, tmp_path, arrays):
+    return request.param, write(tmp_path / f"{request.param}.h5", arrays, **LAYOUTS[request.param])
+
+
+def block_dataset(source, **kwargs):
+    """A Dataset drawing block-shuffled batches (until the base class has a hook for it)."""
+
+    class Blocked(Dataset):
+        def make_sampler(self):
+            return BlockShuffleSampler.for_source(
+                self.source, batch_size=self.batch_size, seed=self.seed, window=2, drop_remainder=self.drop_remainder
+            )
+
+    return Blocked(source, **kwargs)
+
+
+@pytest.mark.portable
+class TestReadPaths:
+    def test_contiguous_fields_are_memory_mapped(self, tmp_path, arrays):
+        src = HDF5Source(write(tmp_path / "c.h5", arrays))
+        assert {name: lay.reader for name, lay in src.layouts.items()} == dict.fromkeys(arrays, "memmap")
+        assert src.block_size is None
+
+    @pytest.mark.parametrize("layout", ["chunked", "gzip"])
+    def test_chunked_and_compressed_fields_are_read_in_blocks(self, tmp_path, arrays, layout):
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, **LAYOUTS[layout]))
+        assert {lay.reader for lay in src.layouts.values()} == {"blocks"}
+        assert src.block_size == 50
+
+    def test_rows_come_back_in_the_order_asked(self, layout_file, arrays, rng):
+        """Any order, repeats included, across many chunks: the same rows as numpy indexing."""
+        _, path = layout_file
+        src = HDF5Source(path)
+        idx = np.concatenate([rng.integers(0, N, 300), [999, 0, 999]])
+        out = src.read(idx)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(out[name], array[idx])
+            assert out[name].dtype == array.dtype
+
+    def test_fields_describe_trailing_shape_and_dtype(self, layout_file):
+        _, path = layout_file
+        src = HDF5Source(path)
+        assert len(src) == N
+        assert src.fields == {"x": ((6,), np.dtype("float32")), "id": ((), np.dtype("int64")),
+                              "label": ((), np.dtype("int32"))}
+
+    def test_nested_groups_and_renamed_fields(self, tmp_path, arrays):
+        path = write(tmp_path / "g.h5", {"train/images": arrays["x"], "train/labels": arrays["label"]})
+        src = HDF5Source(path, fields={"image": "train/images", "label": "/train/labels"})
+        assert list(src.fields) == ["image", "label"]
+        np.testing.assert_array_equal(src.read([5, 2])["image"], arrays["x"][[5, 2]])
+        assert list(HDF5Source(path).fields) == ["train/images", "train/labels"]
+
+    def test_big_endian_data_is_returned_in_native_order(self, tmp_path, arrays):
+        path = write(tmp_path / "be.h5", {"x": arrays["x"].astype(">f4")})
+        out = HDF5Source(path).read([3, 1])["x"]
+        assert out.dtype == np.dtype("float32")
+        np.testing.assert_array_equal(out, arrays["x"][[3, 1]])
+
+    def test_never_written_dataset_reads_its_fill_value(self, tmp_path):
+        """A dataset with no storage allocated has no offset: it is read through h5py and gives zeros."""
+        with h5py.File(tmp_path / "u.h5", "w") as f:
+            f.create_dataset("x", shape=(10, 2), dtype="float32")
+        src = HDF5Source(tmp_path / "u.h5")
+        assert src.layouts["x"].reader == "blocks"
+        assert src.read([9, 0])["x"].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+    def test_strings_and_booleans(self, tmp_path):
+        path = write(tmp_path / "s.h5", {"s": np.array([b"ab", b"c", b"de"]), "b": np.array([True, False, True])})
+        out = HDF5Source(path).read([2, 1])
+        assert out["s"].tolist() == [b"de", b"c"]
+        assert out["b"].tolist() == [True, False]
+
+    def test_no_indices_give_empty_fields(self, layout_file):
+        _, path = layout_file
+        out = HDF5Source(path).read([])
+        assert out["x"].shape == (0, 6)
+
+    def test_a_path_becomes_an_hdf5_source(self, tmp_path, arrays):
+        path = write(tmp_path / "p.h5", arrays)
+        assert isinstance(as_source(str(path)), HDF5Source)
+        assert isinstance(as_source(path), HDF5Source)
+
+    def test_describe_lists_every_dataset_with_its_layout(self, tmp_path, arrays):
+        path = write(tmp_path / "d.h5", {"a": arrays["x"]})
+        with h5py.File(path, "a") as f:
+            f.create_dataset("g/b", data=arrays["id"], chunks=(100,), compression="gzip", compression_opts=3)
+        found = {d.name: (d.layout, d.chunks, d.compression, d.reader) for d in describe(path)}
+        assert found == {"a": ("contiguous", None, None, "memmap"), "g/b": ("chunked", (100,), "gzip(3)", "blocks")}
+
+
+@pytest.mark.portable
+class TestChunkCache:
+    def test_the_cache_never_exceeds_its_bound(self, tmp_path, arrays, rng):
+        """An exact shuffle over a file 5x larger than the cache still reads right, holding at most the bound."""
+        path = write(tmp_path / "k.h5", {"x": arrays["x"]}, chunks=True)  # 50 rows x 24 B = 1200 B per block
+        src = HDF5Source(path, cache_mb=6000 / 2**20)
+        for _ in range(5):
+            idx = rng.permutation(N)[:200]
+            np.testing.assert_array_equal(src.read(idx)["x"], arrays["x"][idx])
+            info = src.cache_info()["x"]
+            assert info["bytes"] <= src.cache_bytes
+        assert info["slots"] == 5
+
+    def test_block_shuffle_reads_each_chunk_once_per_epoch(self, tmp_path, arrays):
+        """20 chunks, a cache of 4 blocks: an epoch reads each block at most once (all 20 in the first;
+        one still cached from the epoch before may be spared)."""
+        path = write(tmp_path / "k.h5", arrays, chunks=True)
+        src = HDF5Source(path, cache_mb=4 * 50 * (24 + 8 + 4) / 2**20)
+        sampler = BlockShuffleSampler.for_source(src, batch_size=32, seed=3, window=2)
+        for epoch in range(3):
+            before = src.cache_info()["x"]["misses"]
+            rows = np.concatenate([src.read(sampler.indices(epoch, b))["id"] for b in range(len(sampler))])
+            assert sorted(rows.tolist()) == list(range(N))
+            reads = src.cache_info()["x"]["misses"] - before
+            assert reads == N // 50 if epoch == 0 else N // 50 - 4 <= reads <= N // 50
+
+    def test_exact_shuffle_is_still_correct_on_chunked_files(self, tmp_path, arrays):
+        ds = Dataset(write(tmp_path / "z.h5", arrays, compression="gzip"), batch_size=64, seed=5)
+        rows = np.concatenate([ds.get_batch(i)[0]["id"] for i in range(len(ds))])
+        assert sorted(rows.tolist()) == list(range(N))
+        assert rows.tolist() != list(range(N))
+
+
+@pytest.mark.portable
+class TestBlockShuffleSampler:
+    @pytest.mark.parametrize(("n", "block", "window", "batch"), [(1000, 50, 2, 32), (97, 10, 3, 8), (5, 7, 1, 2)])
+    def test_every_row_exactly_once_per_epoch(self, n, block, window, batch):
+        s = BlockShuffleSampler(n, batch_size=batch, block_size=block, window=window, seed=1)
+        for epoch in range(2):
+            rows = np.concatenate([s.indices(epoch, b) for b in range(len(s))])
+            assert sorted(rows.tolist()) == list(range(n))
+
+    def test_a_pure_function_of_seed_and_epoch(self):
+        a = BlockShuffleSampler(500, batch_size=16, block_size=20, seed=7)
+        b = BlockShuffleSampler(500, batch_size=16, block_size=20, seed=7)
+        assert a.indices(3, 5).tolist() == b.indices(3, 5).tolist()
+        assert a.order(0).tolist() != a.order(1).tolist()
+
+    def test_golden_order(self):
+        """The order for a fixed seed is pinned: changing it silently would change users' runs."""
+        order = block_permutation(10, block_size=3, window=2, seed=0, epoch=0)
+        assert order.tolist() == [7, 6, 1, 2, 8, 0, 9, 3, 5, 4]
+
+    def test_each_window_is_whole_blocks(self):
+        """The first window*block_size rows of an epoch come from exactly `window` blocks."""
+        order = block_permutation(1000, block_size=50, window=4, seed=2, epoch=1)
+        assert len({int(r) // 50 for r in order[:200]}) == 4
+
+    def test_drop_remainder_leaves_out_the_tail(self):
+        s = BlockShuffleSampler(100, batch_size=32, block_size=10, seed=0, drop_remainder=True)
+        assert len(s) == 3
+        assert all(len(s.indices(0, b)) == 32 for b in range(3))
+
+    def test_refuses_a_source_without_chunks(self, tmp_path, arrays):
+        src = HDF5Source(write(tmp_path / "c.h5", arrays))
+        with pytest.raises(StructureError, match="needs a source read in blocks"):
+            BlockShuffleSampler.for_source(src, batch_size=8, seed=0)
+
+    def test_refuses_a_window_larger_than_the_cache(self, tmp_path, arrays):
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, chunks=True), cache_mb=0.01)
+        with pytest.raises(StructureError, match=r"Lower window=, or raise cache_mb="):
+            BlockShuffleSampler.for_source(src, batch_size=8, seed=0, window=64)
+
+    @pytest.mark.parametrize("window", [0, -1, 1.5])
+    def test_bad_window(self, window):
+        with pytest.raises(StructureError, match="window must be a positive integer"):
+            BlockShuffleSampler(10, batch_size=2, block_size=2, window=window, seed=0)
+
+
+@pytest.mark.portable
+class TestDatasets:
+    @pytest.mark.parametrize("as_path", [str, Path, HDF5Source])
+    def test_datasets_accept_a_path_or_source_like_arrays(self, tmp_path, arrays, as_path):
+        """A MultiInputDataset over the HDF5 file gives exactly the batches of one over the arrays."""
+        path = write(tmp_path / "m.h5", arrays, chunks=True)
+        kwargs = {"inputs": ["x"], "targets": "label", "batch_size": 64, "seed": 2}
+        from_file = MultiInputDataset(as_path(path), **kwargs)
+        in_memory = MultiInputDataset(arrays, **kwargs)
+        for i in (0, len(in_memory) - 1):
+            (xa, ya), (xb, yb) = from_file[i], in_memory[i]
+            np.testing.assert_array_equal(xa["x"], xb["x"])
+            np.testing.assert_array_equal(ya, yb)
+
+    def test_a_block_shuffled_dataset_sees_every_row_once_per_epoch(self, tmp_path, arrays):
+        ds = block_dataset(write(tmp_path / "b.h5", arrays, compression="gzip"), batch_size=64, seed=4)
+        for _ in range(2):
+            rows = np.concatenate([ds.get_batch(i)[0]["id"] for i in range(len(ds))])
+            assert sorted(rows.tolist()) == list(range(N))
+            ds.on_epoch_end()
+
+
+@pytest.mark.portable
+class TestProcesses:
+    @pytest.mark.parametrize("layout", ["contiguous", "gzip"])
+    def test_pickle_drops_the_handles(self, tmp_path, arrays, layout):
+        """After reads opened a map and an h5py file, the source still pickles (small) and reads the same."""
+        src = HDF5Source(write(tmp_path / "p.h5", arrays, **LAYOUTS[layout]))
+        before = src.read([7, 3, 900])
+        blob = pickle.dumps(src)
+        assert len(blob) < 5000
+        again = pickle.loads(blob)
+        for name, values in again.read([7, 3, 900]).items():
+            np.testing.assert_array_equal(values, before[name])
+
+    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+    def test_reads_in_worker_processes(self, tmp_path, arrays, monkeypatch, method):
+        """Workers started by fork (inheriting open handles), spawn or forkserver read the right rows."""
+        monkeypatch.setenv("KERAS_BACKEND", "numpy")  # children import keras; keep that cheap
+        src = HDF5Source(write(tmp_path / "w.h5", arrays, chunks=True))
+        src.read([0, 1])  # the parent holds open handles when it forks
+        batches = [np.arange(i, N, 7) for i in range(4)]
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            results = pool.starmap(HDF5Source.read, [(src, b, ["id", "x"]) for b in batches])
+        for b, out in zip(batches, results, strict=True):
+            np.testing.assert_array_equal(out["id"], b)
+            np.testing.assert_array_equal(out["x"], arrays["x"][b])
+        np.testing.assert_array_equal(src.read([5])["x"], arrays["x"][[5]])
+
+
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    import keras, numpy as np
+    from kseq import MultiInputDataset
+
+    def train(path, **workers):
+        keras.utils.set_random_seed(0)
+        ds = MultiInputDataset(path, inputs="x", targets="y", batch_size=50, seed=1, **workers)
+        model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        loss = model.fit(ds, epochs=2, shuffle=False, verbose=0).history["loss"]
+        return loss, model.get_weights()
+
+    if __name__ == "__main__":
+        multiprocessing.set_start_method(sys.argv[2], force=True)
+        loss, weights = train(sys.argv[1], workers=2, use_multiprocessing=True)
+        inline_loss, inline_weights = train(sys.argv[1])
+        assert np.allclose(loss, inline_loss, rtol=1e-5), (loss, inline_loss)
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(weights, inline_weights))
+        print("losses", *loss)
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_fit_with_worker_processes_matches_inline_training(tmp_path, arrays, method):
+    """`fit(workers=2, use_multiprocessing=True)` over an HDF5 file trains exactly as inline reading does."""
+    y = (arrays["x"] @ np.arange(6, dtype="float32")).astype("float32")
+    path = write(tmp_path / "fit.h5", {"x": arrays["x"], "y": y}, chunks=True)
+    script = tmp_path / "fit_script.py"
+    script.write_text(FIT_SCRIPT)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, str(script), str(path), method], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [float(v) for v in out.stdout.split("losses")[1].split()]
+    assert losses[1] < losses[0]
+
+
+class TestErrors:
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(SourceError, match=r"HDF5 file not found: '.*nope\.h5' \(asked for field\(s\) \['x'\]\)"):
+            HDF5Source(tmp_path / "nope.h5", fields=["x"])
+
+    def test_missing_field(self, tmp_path, arrays):
+        path = write(tmp_path / "f.h5", arrays)
+        with pytest.raises(SourceError, match=r"Field 'img': '.*f\.h5' has no dataset '/img'.*'label', 'x'\]"):
+            HDF5Source(path, fields={"img": "img", "x": "x"})
+
+    def test_a_group_is_not_a_field(self, tmp_path, arrays):
+        path = write(tmp_path / "g.h5", {"train/x": arrays["x"]})
+        with pytest.raises(SourceError, match=r"Field 'train'.*is a group, not a dataset.*\['train/x'\]"):
+            HDF5Source(path, fields="train")
+
+    def test_unequal_first_dimensions(self, tmp_path, arrays):
+        path = write(tmp_path / "u.h5", {"x": arrays["x"], "short": arrays["id"][:10]})
+        with pytest.raises(SourceError, match=r"u\.h5' have unequal first dimensions: \{'short': 10, 'x': 1000\}"):
+            HDF5Source(path)
+
+    def test_truncated_file(self, tmp_path, arrays):
+        path = write(tmp_path / "t.h5", arrays)
+        os.truncate(path, path.stat().st_size // 2)
+        with pytest.raises(SourceError, match=r"t\.h5' is truncated \(asked for field\(s\) \['x'\]\)") as info:
+            HDF5Source(path, fields=["x"])
+        assert isinstance(info.value.__cause__, OSError)
+
+    def test_corrupt_file(self, tmp_path, arrays):
+        path = write(tmp_path / "c.h5", arrays)
+        with path.open("r+b") as fh:
+            fh.seek(8)
+            fh.write(b"\xff" * 64)
+        with pytest.raises(SourceError, match=r"c\.h5' is corrupt or unreadable \(asked for all fields\)") as info:
+            HDF5Source(path)
+        assert info.value.__cause__ is not None
+
+    @pytest.mark.parametrize("content", [b"x,y\n1,2\n", b""])
+    def test_not_an_hdf5_file(self, tmp_path, content):
+        path = tmp_path / "data.csv"
+        path.write_bytes(content)
+        with pytest.raises(SourceError, match=r"data\.csv' is not an HDF5 file.*python -m kseq pack"):
+            Dataset(str(path))
+
+    def test_a_file_changed_after_construction_is_refused(self, tmp_path, arrays):
+        """A new process (here: the unpickled copy) finds the file rewritten and refuses to read it."""
+        path = write(tmp_path / "r.h5", arrays)
+        blob = pickle.dumps(HDF5Source(path, fields=["x"]))
+        write(path, {"x": arrays["x"][:10]})
+        with pytest.raises(SourceError, match=r"r\.h5' \(fields \['x'\]\) changed after this source was created"):
+            pickle.loads(blob).read([0])
+
+    def test_variable_length_strings_are_refused(self, tmp_path):
+        with h5py.File(tmp_path / "v.h5", "w") as f:
+            f.create_dataset("s", data=["a", "bb"], dtype=h5py.string_dtype())
+        with pytest.raises(StructureError, match=r"Field 's'.*variable-length.*fixed-length bytes"):
+            HDF5Source(tmp_path / "v.h5")

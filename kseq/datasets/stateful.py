@@ -1,0 +1,462 @@
+"""StatefulSequenceDataset: fixed-size batches of parallel, contiguous streams for stateful RNNs.
+
+# NOTE [ stateful datasets and Keras 3.15 ]
+A stateful RNN layer keeps one state per batch row and carries it into the next batch.
+Keras 3.15 leaves the rest to the data:
+
+* every batch must have the layer's batch size: a short last batch fails. Here every
+  batch has exactly ``batch_size`` rows; a stream that runs out is padded, and padded
+  steps get sample weight 0, so nothing is dropped and padding does not count.
+* row ``i`` of batch ``k + 1`` must continue row ``i`` of batch ``k``: the layout is in
+  :mod:`kseq.samplers.streams` (NOTE [ stateful streams ]).
+* ``fit(shuffle=True)``, the default, asks for batches in a random order. The order is
+  the meaning of a stateful stream, so ``__getitem__`` refuses any jump (batch ``k`` may
+  only follow ``k - 1``; a restart at 0 is always fine: a new epoch, ``evaluate`` or
+  ``predict``, and the two batches ``fit`` reads on TensorFlow to infer its signature).
+  ``get_batch`` stays pure and free to call in any order.
+* Keras' worker pool (``workers > 1``, ``use_multiprocessing=True``) computes batches
+  concurrently, so calls arrive out of order even when delivery is in order; batches
+  here are a few numpy slices, so those settings are refused rather than half-checked.
+* only layers have ``reset_state()`` and nothing calls it between epochs, nor between
+  two sequences sharing a stream: :class:`kseq.callbacks.ResetStates` does both, from
+  :meth:`StatefulSequenceDataset.starts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from kseq.callbacks import check_stateful_model
+from kseq.datasets.base import Dataset, _check_index
+from kseq.errors import StructureError
+from kseq.samplers.streams import StreamLayout, StreamSampler
+from kseq.sources import ArraySource, Source, as_source, check_fields, check_indices
+from kseq.validation import CheckReport
+
+__all__ = ["StatefulSequenceDataset"]
+
+Names = str | Sequence[str]
+
+
+class StatefulSequenceDataset(Dataset):
+    """Batches of ``batch_size`` parallel streams: row ``i`` of batch ``k + 1`` continues row ``i`` of batch ``k``.
+
+    Each batch is ``(x, y, sample_weight)``: ``x`` of shape ``(batch_size, timesteps, F)``,
+    ``y`` the targets of every step (``(batch_size, timesteps, Fy)``, for a model whose
+    last RNN has ``return_sequences=True``), and ``sample_weight`` of shape
+    ``(batch_size, timesteps)``, 1 for real steps and 0 for padding. Step ``t`` of a
+    sequence is paired with the target at ``t + target_offset``: the next step of x by
+    default, or the fields named by ``targets``. Every real step is used exactly once per
+    epoch, in the same order every epoch.
+
+    Train with ``model.fit(ds, shuffle=False, callbacks=[kseq.ResetStates(ds)])`` and a
+    model built on :meth:`keras_input`. See NOTE [ stateful datasets and Keras 3.15 ].
+
+    Args:
+        series: one series, or a list of independent series (of any lengths). A series is
+            an array ``(T,)`` or ``(T, F)`` (one field, named ``"series"``), a pandas
+            ``Series`` or ``DataFrame`` (fields are its columns), a dict of arrays, or any
+            :class:`~kseq.sources.Source` (an HDF5-backed one, say). Every series must
+            have the same fields.
+        batch_size: rows per batch, the number of parallel streams (the model's batch size).
+        timesteps: steps per window: the length of truncated backpropagation.
+        inputs: the field(s) that make x, concatenated on the last axis (default: all).
+        targets: the field(s) that make y; ``None`` predicts x itself, ``target_offset``
+            steps ahead.
+        target_offset: steps from an input to its target, ``>= 0`` (``>= 1`` when
+            ``targets=None``). The last ``target_offset`` steps of each series are only
+            targets.
+        stride: steps between the starts of consecutive windows of a stream. Only
+            ``timesteps`` (the default) keeps the carried state exact; any other value is
+            refused with the reason (``TimeseriesGenerator`` users are used to ``stride=1``).
+        split: cut series at window boundaries so that every stream is used; each cut
+            starts a fresh state. Default: ``True`` for one series, ``False`` for a list.
+        seed: exposed as ``ds.seed`` for :meth:`batch_rng`; the layout uses no randomness.
+        shuffle: must stay ``False``.
+        workers, use_multiprocessing, max_queue_size: ``workers <= 1`` and
+            ``use_multiprocessing=False`` only: see the NOTE.
+
+    Raises:
+        StructureError: at construction, for ``shuffle=True``, reordering worker settings,
+            a ``stride`` other than ``timesteps``, unknown or mismatched fields, a series too
+            short for ``target_offset``; when served a batch out of order.
+
+    Example:
+        >>> import numpy as np
+        >>> ds = StatefulSequenceDataset(np.arange(11.0), batch_size=2, timesteps=3)
+        >>> len(ds)  # 10 inputs (the last step is only a target) in 4 windows, two streams
+        2
+        >>> x, y, w = ds[0]
+        >>> x[:, :, 0].tolist(), y[:, :, 0].tolist()
+        ([[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]], [[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]])
+        >>> x, y, w = ds[1]  # the streams continue; padding weighs 0
+        >>> x[:, :, 0].tolist(), w.tolist()
+        ([[3.0, 4.0, 5.0], [9.0, 0.0, 0.0]], [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> ds[0][0].shape  # a restart at 0 is fine; a jump (ds[1] again) is refused
+        (2, 3, 1)
+    """
+
+    def __init__(
+        self,
+        series: Any,
+        *,
+        batch_size: int,
+        timesteps: int,
+        inputs: Names | None = None,
+        targets: Names | None = None,
+        target_offset: int = 1,
+        stride: int | None = None,
+        split: bool | None = None,
+        seed: int | None = None,
+        shuffle: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        _refuse_reordering(shuffle=shuffle, workers=workers, use_multiprocessing=use_multiprocessing)
+        self.timesteps = _check_int(timesteps, "timesteps", minimum=1)
+        _check_stride(stride, self.timesteps)
+        sources, self._several = _as_sources(series)
+        fields = _common_fields(sources)
+        self.inputs = _names(inputs, "inputs", fields)
+        self.targets = None if targets is None else _names(targets, "targets", fields)
+        self.target_offset = _check_offset(target_offset, self.targets, self.inputs)
+        _check_widths(self.inputs, "inputs", fields)
+        _check_widths(self.targets or self.inputs, "targets", fields)
+        self.lengths = _usable_lengths(sources, self.target_offset)
+        self.split = (not self._several) if split is None else bool(split)
+        self._rows = np.concatenate([[0], np.cumsum([len(s) for s in sources])[:-1]]).astype(np.int64)
+        self._last_served: int | None = None
+        super().__init__(
+            sources[0] if len(sources) == 1 else _Concatenated(sources),
+            batch_size=batch_size,
+            shuffle=False,
+            seed=seed,
+            workers=workers,
+            use_multiprocessing=use_multiprocessing,
+            max_queue_size=max_queue_size,
+        )
+
+    # -- the parts of Dataset this class overrides ------------------------------
+
+    def make_sampler(self) -> StreamSampler:
+        return StreamSampler(
+            self.lengths, batch_size=self.batch_size, timesteps=self.timesteps, split=self.split, bases=self._rows
+        )
+
+    @property
+    def fields_read(self) -> list[str]:
+        return list(dict.fromkeys(self.inputs + (self.targets or [])))
+
+    def get_batch(self, index: int, epoch: int | None = None) -> tuple:
+        """Batch ``index``: ``(x, y, sample_weight)``. Pure: any batch, in any order (unlike ``ds[index]``)."""
+        idx = self.sampler.indices(self.epoch if epoch is None else int(epoch), _check_index(index, len(self)))
+        real = idx >= 0
+        x_rows = idx[real]
+        y_rows = x_rows + self.target_offset
+        rows = np.unique(np.concatenate([x_rows, y_rows]))
+        data = self.read_rows(rows)
+        x = _place(_features(data, self.inputs), np.searchsorted(rows, x_rows), real)
+        y = _place(_features(data, self.targets or self.inputs), np.searchsorted(rows, y_rows), real)
+        return x, y, real.astype(np.float32)
+
+    def __getitem__(self, index: int) -> tuple:
+        if index != 0 and (self._last_served is None or index != self._last_served + 1):
+            raise StructureError(_order_message(index, self._last_served, len(self)))
+        batch = super().__getitem__(index)
+        self._last_served = int(index)
+        return batch
+
+    def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
+        """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows."""
+        check_stateful_model(model, self.batch_size)
+        return super().check(model, verbose=verbose)
+
+    # -- the stateful API -------------------------------------------------------
+
+    @property
+    def layout(self) -> StreamLayout:
+        """Where every window sits (sequence, first step, real steps, starts), ``(len(ds), batch_size)`` each."""
+        return self.sampler.layout
+
+    def starts(self, index: int) -> np.ndarray:
+        """A boolean per row of batch ``index``: true where a new sequence (or piece) begins.
+
+        The state of those rows must be reset before the batch; at batch 0 every row starts.
+        """
+        return self.sampler.starts(_check_index(index, len(self)))
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one step of x: ``(F,)`` for F features."""
+        return _trailing(self.inputs, self.source.fields)
+
+    def keras_input(self, *, name: str | None = None, open_time_axis: bool = False) -> Any:
+        """``keras.Input(batch_shape=(batch_size, timesteps, *feature_shape))``: a stateful model's input.
+
+        ``open_time_axis=True`` gives ``None`` timesteps: one model for windows of any length.
+        """
+        steps = None if open_time_axis else self.timesteps
+        dtype = self.source.fields[self.inputs[0]][1]
+        dtype = keras.config.floatx() if np.dtype(dtype).kind == "f" else str(dtype)
+        return keras.Input(batch_shape=(self.batch_size, steps, *self.feature_shape), dtype=dtype, name=name)
+
+    def like(self, series: Any, **changes: Any) -> StatefulSequenceDataset:
+        """A dataset over other series with these settings (validation data, a test period).
+
+        ``changes`` overrides any keyword, e.g. ``batch_size=1`` to forecast one stream.
+        """
+        settings = {
+            "batch_size": self.batch_size,
+            "timesteps": self.timesteps,
+            "inputs": self.inputs,
+            "targets": self.targets,
+            "target_offset": self.target_offset,
+            "seed": self.seed,
+        }
+        return StatefulSequenceDataset(series, **{**settings, **changes})
+
+    def to_series(self, predictions: Any) -> np.ndarray | list[np.ndarray]:
+        """Put per-step model outputs back in the time order of each series, padding dropped.
+
+        Args:
+            predictions: ``model.predict(ds)``, of shape ``(len(ds) * batch_size, timesteps, ...)``.
+
+        Returns:
+            For each series, an array whose element ``t`` is the output for input step ``t``,
+            that is the prediction of the target at ``t + target_offset``; a list when
+            ``series`` was a list.
+        """
+        values = np.asarray(predictions)
+        expected = (len(self) * self.batch_size, self.timesteps)
+        if values.shape[:2] != expected:
+            msg = (
+                f"Expected per-step predictions of shape {(*expected, '...')} (one row per stream slot of "
+                f"every batch; the last RNN needs return_sequences=True). Received shape {values.shape}."
+            )
+            raise StructureError(msg)
+        layout = self.layout
+        offsets = np.arange(self.timesteps)
+        real = offsets < layout.length[..., None]
+        step = (layout.start[..., None] + offsets)[real]
+        sequence = np.broadcast_to(layout.sequence[..., None], real.shape)[real]
+        bounds = np.concatenate([[0], np.cumsum(self.lengths)])
+        out = np.empty((bounds[-1], *values.shape[2:]), dtype=values.dtype)
+        out[bounds[sequence] + step] = values.reshape(*real.shape, *values.shape[2:])[real]
+        pieces = np.split(out, bounds[1:-1])
+        return pieces if self._several else pieces[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"StatefulSequenceDataset({len(self.lengths)} series, {sum(self.lengths)} steps, "
+            f"batch_size={self.batch_size}, timesteps={self.timesteps}, {len(self)} batches, "
+            f"inputs={self.inputs}, targets={self.targets or 'next step'}, target_offset={self.target_offset})"
+        )
+
+
+class _Concatenated:
+    """Several sources with the same fields read as one, back to back (a Source: picklable, deterministic)."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.sources = list(sources)
+        self._bounds = np.cumsum([0] + [len(s) for s in self.sources])
+        self._fields = {
+            name: (shape, np.result_type(*[s.fields[name][1] for s in self.sources]))
+            for name, (shape, _) in self.sources[0].fields.items()
+        }
+
+    def __len__(self) -> int:
+        return int(self._bounds[-1])
+
+    @property
+    def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return dict(self._fields)
+
+    def read(self, indices: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        idx = check_indices(indices, len(self))
+        names = check_fields(fields, self._fields)
+        out = {n: np.empty((len(idx), *self._fields[n][0]), dtype=self._fields[n][1]) for n in names}
+        owner = np.searchsorted(self._bounds, idx, side="right") - 1
+        for j in np.unique(owner):
+            here = owner == j
+            part = self.sources[j].read(idx[here] - self._bounds[j], names)
+            for n in names:
+                out[n][here] = part[n]
+        return out
+
+
+# -- construction checks ------------------------------------------------------------
+
+
+def _refuse_reordering(*, shuffle: object, workers: object, use_multiprocessing: object) -> None:
+    if shuffle:
+        msg = (
+            "StatefulSequenceDataset cannot shuffle: row i of batch k+1 must continue row i of batch k. "
+            f"Expected shuffle=False. Received shuffle={shuffle!r}. To vary what a model sees, use several "
+            "series (a list); pass fit(..., shuffle=False) too."
+        )
+        raise StructureError(msg)
+    if use_multiprocessing or (isinstance(workers, (int, np.integer)) and workers > 1):
+        msg = (
+            "StatefulSequenceDataset serves batches in order from one thread: Keras' worker pool computes "
+            "batches concurrently and a stateful stream must be read in order. "
+            f"Expected workers<=1 and use_multiprocessing=False. Received workers={workers!r}, "
+            f"use_multiprocessing={use_multiprocessing!r}. Its batches are numpy slices, fast on one thread."
+        )
+        raise StructureError(msg)
+
+
+def _check_int(value: object, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        msg = f"{name} must be an integer >= {minimum}. Received {name}={value!r}."
+        raise StructureError(msg)
+    return int(value)
+
+
+def _check_stride(stride: object, timesteps: int) -> None:
+    if stride is None or stride == timesteps:
+        return
+    msg = (
+        f"stride must equal timesteps ({timesteps}) for a stateful model. Received stride={stride!r}. "
+        "The state carried into a window is the state after the previous window's last step, so the window "
+        "must start right after it: a smaller stride feeds steps twice, a larger one skips steps. Pass "
+        f"stride=None; for overlapping windows use a stateless model (e.g. keras.utils.timeseries_dataset_from_array)."
+    )
+    raise StructureError(msg)
+
+
+def _check_offset(offset: object, targets: list[str] | None, inputs: list[str]) -> int:
+    offset = _check_int(offset, "target_offset", minimum=0)
+    if targets is None and offset == 0:
+        msg = (
+            "With targets=None the target is x itself, target_offset steps ahead. Received target_offset=0, "
+            "which asks the model to copy its input. Expected target_offset >= 1, or name targets=."
+        )
+        raise StructureError(msg)
+    leaked = sorted(set(inputs) & set(targets or []))
+    if offset == 0 and leaked:
+        msg = (
+            f"With target_offset=0 the target field(s) {leaked} are also inputs: the model would see its answer. "
+            f"Expected inputs without them. Received inputs={inputs}, targets={targets}. "
+            f"Pass inputs={[n for n in inputs if n not in leaked]}."
+        )
+        raise StructureError(msg)
+    return offset
+
+
+def _as_sources(series: Any) -> tuple[list[Source], bool]:
+    several = isinstance(series, (list, tuple))
+    items = list(series) if several else [series]
+    if several and (not items or all(np.isscalar(s) for s in items)):
+        msg = (
+            "Expected one series, or a list of series (arrays, DataFrames, Sources). "
+            f"Received a list of {len(items)} scalars. Pass np.asarray(values) for one series."
+        )
+        raise StructureError(msg)
+    return [_as_source(s, j) for j, s in enumerate(items)], several
+
+
+def _as_source(series: Any, position: int) -> Source:
+    if isinstance(series, pd.Series):
+        name = series.name if isinstance(series.name, str) else "series"
+        return ArraySource({name: series.to_numpy()})
+    if isinstance(series, np.ndarray):
+        if series.ndim == 0:
+            msg = f"Series {position} is a scalar. Expected an array of shape (T,) or (T, F)."
+            raise StructureError(msg)
+        return ArraySource({"series": series})
+    return as_source(series)
+
+
+def _common_fields(sources: list[Source]) -> Mapping[str, tuple[tuple[int, ...], np.dtype]]:
+    first = sources[0].fields
+    for j, source in enumerate(sources[1:], start=1):
+        fields = source.fields
+        same = list(fields) == list(first) and all(
+            fields[n][0] == first[n][0] and np.dtype(fields[n][1]).kind == np.dtype(first[n][1]).kind for n in first
+        )
+        if not same:
+            msg = (
+                f"Every series must have the same fields, trailing shapes and kinds of dtype. Expected "
+                f"{_describe(first)} (series 0). Received {_describe(fields)} (series {j})."
+            )
+            raise StructureError(msg)
+    return first
+
+
+def _names(names: Names, argument: str, fields: Mapping) -> list[str]:
+    chosen = list(fields) if names is None else [names] if isinstance(names, str) else list(names)
+    if not chosen or not all(isinstance(n, str) for n in chosen):
+        msg = f"{argument} must be a field name or a list of field names. Received {argument}={names!r:.80}."
+        raise StructureError(msg)
+    missing = [n for n in chosen if n not in fields]
+    if missing:
+        msg = (
+            f"{argument} names field(s) {missing} that the series do not have. Expected names from "
+            f"{list(fields)} (a bare array is the field 'series')."
+        )
+        raise StructureError(msg)
+    return chosen
+
+
+def _check_widths(names: list[str], argument: str, fields: Mapping) -> None:
+    wide = [n for n in names if len(fields[n][0]) > 1]
+    if len(names) > 1 and wide:
+        msg = (
+            f"{argument} {names} are concatenated on the feature axis, so each must be (T,) or (T, F). "
+            f"Received {_describe({n: fields[n] for n in wide})}. Use that field alone, or flatten it."
+        )
+        raise StructureError(msg)
+
+
+def _usable_lengths(sources: list[Source], offset: int) -> list[int]:
+    lengths = [len(s) - offset for s in sources]
+    short = {j: len(s) for j, s in enumerate(sources) if len(s) - offset < 1}
+    if short:
+        msg = (
+            f"Series {sorted(short)} are too short: with target_offset={offset} a series needs at least "
+            f"{offset + 1} steps. Received lengths {short}. Drop them or lower target_offset."
+        )
+        raise StructureError(msg)
+    return lengths
+
+
+# -- batch assembly -------------------------------------------------------------------
+
+
+def _features(data: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
+    arrays = [data[n] if data[n].ndim > 1 else data[n][:, None] for n in names]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
+
+
+def _place(values: np.ndarray, positions: np.ndarray, real: np.ndarray) -> np.ndarray:
+    out = np.zeros((*real.shape, *values.shape[1:]), dtype=values.dtype)
+    out[real] = values[positions]
+    return out
+
+
+def _trailing(names: list[str], fields: Mapping) -> tuple[int, ...]:
+    shapes = [fields[n][0] or (1,) for n in names]
+    if len(shapes) == 1:
+        return tuple(shapes[0])
+    return (sum(s[0] for s in shapes),)
+
+
+def _order_message(index: int, last: int | None, length: int) -> str:
+    served = "no batch yet" if last is None else f"batch {last} last"
+    expected = "batch 0" if last is None or last + 1 >= length else f"batch {last + 1} (or 0 to restart)"
+    return (
+        f"StatefulSequenceDataset was asked for batch {index} after serving {served}. A stateful stream must be "
+        f"read in order: row i of batch k+1 continues row i of batch k. Expected {expected}. "
+        "Keras fit(shuffle=True), the default, asks for batches in a random order: call "
+        "model.fit(ds, shuffle=False, ...). To look at one batch out of order, use ds.get_batch(index)."
+    )
+
+
+def _describe(fields: Mapping[str, tuple[tuple[int, ...], Any]]) -> str:
+    return "{" + ", ".join(f"{k}: {shape} {np.dtype(dtype)}" for k, (shape, dtype) in fields.items()) + "}"

@@ -203,39 +203,30 @@ class TestBatches:
                 np.testing.assert_array_equal(a, b)
 
     def test_reads_series_from_hdf5_files(self, tmp_path):
+        """A list of HDF5 paths, one memory-mapped (contiguous) and one read in chunks (gzip)."""
         series = coded([10, 6], width=3)
-        sources = []
-        for j, s in enumerate(series):
-            with h5py.File(tmp_path / f"s{j}.h5", "w") as f:
-                f["x"] = s
-            sources.append(H5Rows(tmp_path / f"s{j}.h5", "x"))
-        from_files = StatefulSequenceDataset(sources, batch_size=2, timesteps=4)
+        paths = [tmp_path / "contiguous.h5", tmp_path / "chunked.h5"]
+        with h5py.File(paths[0], "w") as f:
+            f["x"] = series[0]
+        with h5py.File(paths[1], "w") as f:
+            f.create_dataset("x", data=series[1], chunks=(2, 3), compression="gzip")
+        from_files = StatefulSequenceDataset([str(p) for p in paths], batch_size=2, timesteps=4)
         in_memory = StatefulSequenceDataset([{"x": s} for s in series], batch_size=2, timesteps=4)
         for k in range(len(in_memory)):
             for a, b in zip(from_files.get_batch(k), in_memory.get_batch(k), strict=True):
                 np.testing.assert_array_equal(a, b)
 
-
-class H5Rows:
-    """A Source over one HDF5 dataset: holds the path, opens the file per read."""
-
-    def __init__(self, path, name):
-        self.path, self.name = str(path), name
-        with h5py.File(self.path, "r") as f:
-            self._len, shape, dtype = len(f[name]), f[name].shape[1:], f[name].dtype
-        self.fields = {name: (shape, dtype)}
-
-    def __len__(self):
-        return self._len
-
-    def read(self, indices, fields=None):
-        idx = np.asarray(indices)
-        order = np.argsort(idx)
-        with h5py.File(self.path, "r") as f:
-            rows = f[self.name][idx[order]]
-        out = np.empty_like(rows)
-        out[order] = rows
-        return {self.name: out}
+    @pytest.mark.parametrize("use_multiprocessing", [False, True], ids=["threads", "processes"])
+    def test_worker_pools_serve_the_inline_batches_in_order(self, use_multiprocessing):
+        series = coded([17, 9, 5])
+        inline = StatefulSequenceDataset(series, batch_size=2, timesteps=3)
+        with StatefulSequenceDataset(series, batch_size=2, timesteps=3, workers=2,
+                                     use_multiprocessing=use_multiprocessing) as pooled:
+            for k in range(len(inline)):
+                for a, b in zip(pooled[k], inline.get_batch(k), strict=True):
+                    np.testing.assert_array_equal(a, b)
+            with pytest.raises(StructureError, match="shuffle=False"):
+                pooled[2]
 
 
 @pytest.mark.portable
@@ -244,8 +235,6 @@ class TestRefusals:
         ("kwargs", "match"),
         [
             ({"shuffle": True}, "cannot shuffle"),
-            ({"workers": 2}, "workers<=1"),
-            ({"use_multiprocessing": True}, "workers<=1"),
             ({"stride": 1}, "stride must equal timesteps"),
             ({"timesteps": 0}, "timesteps must be an integer >= 1"),
             ({"inputs": "nope"}, r"inputs names field\(s\) \['nope'\]"),

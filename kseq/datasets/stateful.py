@@ -14,9 +14,12 @@ Keras 3.15 leaves the rest to the data:
   only follow ``k - 1``; a restart at 0 is always fine: a new epoch, ``evaluate`` or
   ``predict``, and the two batches ``fit`` reads on TensorFlow to infer its signature).
   ``get_batch`` stays pure and free to call in any order.
-* Keras' worker pool (``workers > 1``, ``use_multiprocessing=True``) computes batches
-  concurrently, so calls arrive out of order even when delivery is in order; batches
-  here are a few numpy slices, so those settings are refused rather than half-checked.
+* workers: Keras' own pool would call ``__getitem__`` from several threads at once, out of
+  order even when it delivers in order. kseq's datasets never hand Keras a pool: Keras
+  iterates inline, so ``__getitem__`` sees Keras' order and checks it, and kseq's pool
+  (``workers=``, ``use_multiprocessing=``) computes the pure ``get_batch(index, epoch)``
+  ahead, in that same order (NOTE [ prefetching and fit(shuffle=True) ] in
+  :mod:`kseq.workers.loader`). So every worker setting is safe here.
 * only layers have ``reset_state()`` and nothing calls it between epochs, nor between
   two sequences sharing a stream: :class:`kseq.callbacks.ResetStates` does both, from
   :meth:`StatefulSequenceDataset.starts`.
@@ -60,8 +63,9 @@ class StatefulSequenceDataset(Dataset):
     Args:
         series: one series, or a list of independent series (of any lengths). A series is
             an array ``(T,)`` or ``(T, F)`` (one field, named ``"series"``), a pandas
-            ``Series`` or ``DataFrame`` (fields are its columns), a dict of arrays, or any
-            :class:`~kseq.sources.Source` (an HDF5-backed one, say). Every series must
+            ``Series`` or ``DataFrame`` (fields are its columns), a dict of arrays, the path
+            of an HDF5 file (its datasets are the fields), or any :class:`~kseq.sources.Source`
+            (an :class:`~kseq.sources.HDF5Source` of some datasets, say). Every series must
             have the same fields.
         batch_size: rows per batch, the number of parallel streams (the model's batch size).
         timesteps: steps per window: the length of truncated backpropagation.
@@ -78,13 +82,13 @@ class StatefulSequenceDataset(Dataset):
             starts a fresh state. Default: ``True`` for one series, ``False`` for a list.
         seed: exposed as ``ds.seed`` for :meth:`batch_rng`; the layout uses no randomness.
         shuffle: must stay ``False``.
-        workers, use_multiprocessing, max_queue_size: ``workers <= 1`` and
-            ``use_multiprocessing=False`` only: see the NOTE.
+        workers, use_multiprocessing, max_queue_size, start_method: kseq's worker pool, as for
+            :class:`~kseq.datasets.base.Dataset`; batches are still served strictly in order.
 
     Raises:
-        StructureError: at construction, for ``shuffle=True``, reordering worker settings,
-            a ``stride`` other than ``timesteps``, unknown or mismatched fields, a series too
-            short for ``target_offset``; when served a batch out of order.
+        StructureError: at construction, for ``shuffle=True``, a ``stride`` other than
+            ``timesteps``, unknown or mismatched fields, a series too short for
+            ``target_offset``; when served a batch out of order.
 
     Example:
         >>> import numpy as np
@@ -117,8 +121,9 @@ class StatefulSequenceDataset(Dataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        start_method: str | None = None,
     ) -> None:
-        _refuse_reordering(shuffle=shuffle, workers=workers, use_multiprocessing=use_multiprocessing)
+        _refuse_shuffle(shuffle)
         self.timesteps = _check_int(timesteps, "timesteps", minimum=1)
         _check_stride(stride, self.timesteps)
         sources, self._several = _as_sources(series)
@@ -140,6 +145,7 @@ class StatefulSequenceDataset(Dataset):
             workers=workers,
             use_multiprocessing=use_multiprocessing,
             max_queue_size=max_queue_size,
+            start_method=start_method,
         )
 
     # -- the parts of Dataset this class overrides ------------------------------
@@ -293,20 +299,11 @@ class _Concatenated:
 # -- construction checks ------------------------------------------------------------
 
 
-def _refuse_reordering(*, shuffle: object, workers: object, use_multiprocessing: object) -> None:
+def _refuse_shuffle(shuffle: object) -> None:
     if shuffle:
         msg = (
             "StatefulSequenceDataset cannot shuffle: row i of batch k+1 must continue row i of batch k. "
-            f"Expected shuffle=False. Received shuffle={shuffle!r}. To vary what a model sees, use several "
-            "series (a list); pass fit(..., shuffle=False) too."
-        )
-        raise StructureError(msg)
-    if use_multiprocessing or (isinstance(workers, (int, np.integer)) and workers > 1):
-        msg = (
-            "StatefulSequenceDataset serves batches in order from one thread: Keras' worker pool computes "
-            "batches concurrently and a stateful stream must be read in order. "
-            f"Expected workers<=1 and use_multiprocessing=False. Received workers={workers!r}, "
-            f"use_multiprocessing={use_multiprocessing!r}. Its batches are numpy slices, fast on one thread."
+            f"Expected shuffle=False. Received shuffle={shuffle!r}. Pass fit(..., shuffle=False) too."
         )
         raise StructureError(msg)
 
@@ -352,7 +349,7 @@ def _check_offset(offset: object, targets: list[str] | None, inputs: list[str]) 
 def _as_sources(series: Any) -> tuple[list[Source], bool]:
     several = isinstance(series, (list, tuple))
     items = list(series) if several else [series]
-    if several and (not items or all(np.isscalar(s) for s in items)):
+    if several and (not items or all(isinstance(s, (int, float, np.number)) for s in items)):
         msg = (
             "Expected one series, or a list of series (arrays, DataFrames, Sources). "
             f"Received a list of {len(items)} scalars. Pass np.asarray(values) for one series."

@@ -26,6 +26,16 @@ def clusters(n=120, classes=4, dim=4, seed=0):
     return {"x": x, "label": label}
 
 
+MODES = ["rows", "classes", "pk"]
+
+
+def mode_kwargs(mode, batch):
+    """Sampler arguments for one of the three ways to draw left rows: row-balanced, class-balanced, P x K."""
+    if mode == "pk":
+        return {"classes_per_batch": 2, "batch_size": 2 * max(2, batch // 2)}
+    return {"balance": mode, "batch_size": batch}
+
+
 def epoch_of(sampler, epoch):
     return np.concatenate([sampler.indices(epoch, b) for b in range(len(sampler))])
 
@@ -93,12 +103,12 @@ class TestClassIndex:
 class TestPairSampler:
     @settings(max_examples=40, deadline=None)
     @given(n=st.integers(8, 200), classes=st.integers(2, 6), batch=st.integers(1, 48),
-           fraction=st.floats(0, 1), seed=st.integers(0, 2**32 - 1), pk=st.booleans())
+           fraction=st.floats(0, 1), seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(MODES))
     def test_exact_positives_per_batch_never_self_and_negatives_cross_classes(
-        self, n, classes, batch, fraction, seed, pk
+        self, n, classes, batch, fraction, seed, mode
     ):
         idx = ClassIndex(labels_for(n, min(classes, n // 2), seed % 100))
-        kwargs = {"classes_per_batch": 2, "batch_size": 2 * max(2, batch // 2)} if pk else {"batch_size": batch}
+        kwargs = mode_kwargs(mode, batch)
         s = PairSampler(idx, seed=seed, positive_fraction=fraction, **kwargs)
         for b in range(len(s)):
             pairs = s.indices(1, b)
@@ -126,6 +136,31 @@ class TestPairSampler:
         left, right = idx.class_of[pairs[:, 0]], idx.class_of[pairs[:, 1]]
         partners = np.bincount(right[left == 0], minlength=4)[1:]
         assert np.allclose(partners / partners.sum(), 1 / 3, atol=0.03)
+
+    def test_class_balance_makes_negative_class_pairs_uniform(self):
+        """balance='classes': each class is left equally often, so every ordered pair of classes is equally likely."""
+        labels = np.repeat([0, 1, 2, 3], [700, 100, 100, 7])
+        idx = ClassIndex(labels)
+        s = PairSampler(idx, batch_size=250, seed=1, positive_fraction=0.0, pairs_per_epoch=24_000, balance="classes")
+        pairs = epoch_of(s, 0)
+        left, right = idx.class_of[pairs[:, 0]], idx.class_of[pairs[:, 1]]
+        assert np.bincount(left).tolist() == [6000] * 4
+        counts = np.zeros((4, 4))
+        np.add.at(counts, (left, right), 1)
+        off_diagonal = counts[~np.eye(4, dtype=bool)] / len(pairs)
+        assert np.allclose(off_diagonal, 1 / 12, atol=0.01)
+
+    def test_class_balance_uses_the_rows_of_a_class_evenly(self):
+        """The 7 rows of a small class share its 6000 left turns: 857 or 858 each."""
+        idx = ClassIndex(np.repeat([0, 1, 2, 3], [700, 100, 100, 7]))
+        s = PairSampler(idx, batch_size=250, seed=1, pairs_per_epoch=24_000, balance="classes")
+        uses = np.bincount(epoch_of(s, 0)[:, 0], minlength=907)
+        assert set(uses[idx.members(3)].tolist()) == {857, 858}
+        assert set(uses[idx.members(0)].tolist()) == {8, 9}
+
+    def test_class_balance_with_pk_is_refused(self):
+        with pytest.raises(StructureError, match="no effect with classes_per_batch"):
+            PairSampler(ClassIndex(labels_for(40, 4)), batch_size=8, seed=0, classes_per_batch=2, balance="classes")
 
     def test_same_seed_same_pairs(self):
         a = PairSampler(ClassIndex(labels_for(50, 3)), batch_size=7, seed=11)
@@ -219,12 +254,12 @@ class TestPK:
 class TestTripletSampler:
     @settings(max_examples=40, deadline=None)
     @given(n=st.integers(6, 150), classes=st.integers(2, 6), batch=st.integers(1, 40),
-           seed=st.integers(0, 2**32 - 1), pk=st.booleans(), epoch=st.integers(0, 20))
+           seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(MODES), epoch=st.integers(0, 20))
     def test_positive_shares_the_class_but_not_the_row_and_negative_never_shares_it(
-        self, n, classes, batch, seed, pk, epoch
+        self, n, classes, batch, seed, mode, epoch
     ):
         idx = ClassIndex(labels_for(n, min(classes, n // 2), seed % 100))
-        kwargs = {"classes_per_batch": 2, "batch_size": 2 * max(2, batch // 2)} if pk else {"batch_size": batch}
+        kwargs = mode_kwargs(mode, batch)
         t = epoch_of(TripletSampler(idx, seed=seed, **kwargs), epoch)
         anchor, positive, negative = (idx.class_of[t[:, j]] for j in range(3))
         assert (t[:, 0] != t[:, 1]).all()
@@ -363,6 +398,8 @@ class TestSiamesePairDataset:
             ({"same_label": 2}, "same_label must be 1"),
             ({"fields": ["nope"]}, r"Unknown field\(s\) \['nope'\]"),
             ({"input_names": ("a", "a")}, "2 distinct non-empty names"),
+            ({"balance": "samples"}, "balance must be 'rows' or 'classes'"),
+            ({"balance": "classes", "classes_per_batch": 2}, "no effect with classes_per_batch"),
         ],
     )
     def test_bad_arguments_fail_at_construction(self, kwargs, match):

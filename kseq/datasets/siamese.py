@@ -30,7 +30,7 @@ import numpy as np
 from kseq.batching import pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
-from kseq.samplers.pairs import ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
+from kseq.samplers.pairs import Balance, ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
 from kseq.sources import ArraySource, Source, as_source, check_fields
 
 __all__ = ["SiamesePairDataset", "TripletDataset"]
@@ -109,7 +109,11 @@ class SiamesePairDataset(_ClassTupleDataset):
     pairs; a row is never paired with itself; a negative's class is drawn uniformly from the
     classes other than the left row's. In an epoch of ``pairs_per_epoch = N`` pairs over
     ``m`` usable rows, each row is the left element exactly ``N // m`` or ``N // m + 1``
-    times: exactly once with the default ``N = m``. Epoch ``e`` draws from ``(seed, e)``.
+    times: exactly once with the default ``N = m``. With ``balance="classes"`` each of the
+    ``C`` classes is instead the left class ``N // C`` or ``N // C + 1`` times, so negatives
+    are uniform over ordered class pairs even when class sizes differ. Epoch ``e`` draws
+    from ``(seed, e)``; the exact rules are NOTE [ how pairs and triplets are drawn ] in
+    :mod:`kseq.samplers.pairs`.
 
     Args:
         source: a Source (``ArraySource`` over arrays or memmaps, ``DataFrameSource``,
@@ -120,6 +124,8 @@ class SiamesePairDataset(_ClassTupleDataset):
         pairs_per_epoch: default: the number of usable rows.
         classes_per_batch: ``P`` for P x K batches (``K = batch_size // P``): each batch
             draws P classes, K rows of each, and pairs those rows among themselves.
+        balance: ``"rows"``: every row is the left element equally often; ``"classes"``:
+            every class is (for imbalanced classes; not with ``classes_per_batch``).
         input_names: the names of the two sides, like the model's inputs.
         target_name: ``None``: y is one array; a name: y is ``{target_name: y}``.
         same_label: the target of a same-class pair, 1 (default) or 0.
@@ -151,6 +157,7 @@ class SiamesePairDataset(_ClassTupleDataset):
         positive_fraction: float = 0.5,
         pairs_per_epoch: int | None = None,
         classes_per_batch: int | None = None,
+        balance: Balance = "rows",
         input_names: Sequence[str] = ("left", "right"),
         target_name: str | None = None,
         same_label: int = 1,
@@ -160,6 +167,7 @@ class SiamesePairDataset(_ClassTupleDataset):
         self.positive_fraction = check_fraction(positive_fraction)
         self.pairs_per_epoch = pairs_per_epoch
         self.classes_per_batch = classes_per_batch
+        self.balance = balance
         self.target_name = _check_target_name(target_name)
         self.same_label = _check_same_label(same_label)
         singletons: Singletons = "drop" if drop_singletons else "keep" if self.positive_fraction == 0 else "refuse"
@@ -170,7 +178,7 @@ class SiamesePairDataset(_ClassTupleDataset):
         return PairSampler(
             self.class_index, batch_size=self.batch_size, seed=self.seed, positive_fraction=self.positive_fraction,
             pairs_per_epoch=self.pairs_per_epoch, classes_per_batch=self.classes_per_batch,
-            reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+            balance=self.balance, reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
         )
 
     def build_batch(self, rows: dict[str, Any]) -> tuple:
@@ -193,7 +201,7 @@ class TripletDataset(_ClassTupleDataset):
             ``"zeros"``: y is float32 zeros, for a compiled loss that ignores ``y_true``;
             ``"labels"``: y is the anchors' labels.
         triplets_per_epoch: default: the number of usable rows.
-        source, label, fields, classes_per_batch, input_names, drop_singletons, **kwargs:
+        source, label, fields, classes_per_batch, balance, input_names, drop_singletons, **kwargs:
             as for :class:`SiamesePairDataset`.
 
     Raises:
@@ -216,6 +224,7 @@ class TripletDataset(_ClassTupleDataset):
         fields: str | Sequence[str] | None = None,
         triplets_per_epoch: int | None = None,
         classes_per_batch: int | None = None,
+        balance: Balance = "rows",
         input_names: Sequence[str] = ("anchor", "positive", "negative"),
         targets: str | None = None,
         drop_singletons: bool = False,
@@ -227,13 +236,15 @@ class TripletDataset(_ClassTupleDataset):
         self.targets = targets
         self.triplets_per_epoch = triplets_per_epoch
         self.classes_per_batch = classes_per_batch
+        self.balance = balance
         super().__init__(source, label=label, fields=fields, input_names=input_names,
                          singletons="drop" if drop_singletons else "refuse", roles=3, **kwargs)
 
     def make_sampler(self) -> TripletSampler:
         return TripletSampler(
             self.class_index, batch_size=self.batch_size, seed=self.seed, triplets_per_epoch=self.triplets_per_epoch,
-            classes_per_batch=self.classes_per_batch, reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+            classes_per_batch=self.classes_per_batch, balance=self.balance,
+            reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
         )
 
     def build_batch(self, rows: dict[str, Any]) -> tuple:

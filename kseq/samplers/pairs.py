@@ -7,16 +7,23 @@ everything drawn inside batch ``i`` from ``default_rng([seed, epoch, i])``.
 # NOTE [ how pairs and triplets are drawn ]
 Default mode, ``pairs_per_epoch = N`` (default: every usable row once):
 
-  * Left rows (anchors, for triplets). The epoch's left order is permutations of the
-    ``m`` usable rows, one after another, cut to ``N``. So in every epoch each row is the
-    left element exactly ``N // m`` or ``N // m + 1`` times; exactly once when ``N == m``.
+  * Left rows (anchors, for triplets), ``balance="rows"`` (default). The epoch's left order
+    is permutations of the ``m`` usable rows, one after another, cut to ``N``. So in every
+    epoch each row is the left element exactly ``N // m`` or ``N // m + 1`` times; exactly
+    once when ``N == m``. Classes are left as often as they have rows.
+  * ``balance="classes"``: the epoch's sequence of left *classes* is permutations of the
+    ``C`` classes, one after another, cut to ``N``, so each class is the left class
+    ``N // C`` or ``N // C + 1`` times; its occurrences take its rows in a random order,
+    cycling, so within a class each row is used equally often (give or take one).
   * Positives. A batch of ``b`` pairs has exactly :func:`positives_in` ``(b, f)`` =
     ``floor(f * b + 0.5)`` positive pairs. The right element of a positive pair is drawn
     uniformly from the *other* rows of the left row's class: never the row itself.
   * Negatives. The right element's class is drawn uniformly from the classes other than
     the left row's class, then a row uniformly within it. Every class is thus equally
-    likely as the partner of a given class, whatever the class sizes; with balanced
-    classes every ordered pair of distinct classes is equally likely.
+    likely as the partner of a given class, whatever the class sizes. So every ordered
+    pair of distinct classes is equally likely among the negatives with
+    ``balance="classes"``, and with ``balance="rows"`` when the classes are of equal
+    size; otherwise pair ``(a, b)`` has probability ``size(a) / (m * (C - 1))``.
   * The pairs of a batch are then put in a random order.
 
 P x K mode (``classes_per_batch = P``, ``K = batch_size // P``): batch ``i`` draws ``P``
@@ -42,6 +49,7 @@ from kseq.samplers.base import EpochCache, batch_rng, check_batch_index, check_b
 __all__ = ["ClassIndex", "PKSampler", "PairSampler", "TripletSampler", "positives_in"]
 
 Singletons = Literal["refuse", "drop", "keep"]
+Balance = Literal["rows", "classes"]
 
 
 def positives_in(size: int, positive_fraction: float) -> int:
@@ -138,6 +146,8 @@ class PairSampler:
         positive_fraction: the share of same-class pairs in every batch, in ``[0, 1]``.
         pairs_per_epoch: pairs per epoch; default ``len(index)``.
         classes_per_batch: ``P`` for P x K batches, ``None`` for the default mode.
+        balance: ``"rows"`` (each row is left equally often) or ``"classes"`` (each class
+            is), in the default mode; P x K batches draw classes uniformly already.
         reshuffle: draw new pairs every epoch; ``False`` repeats epoch 0's pairs (validation).
         drop_remainder: leave out the last partial batch.
 
@@ -158,12 +168,13 @@ class PairSampler:
         positive_fraction: float = 0.5,
         pairs_per_epoch: int | None = None,
         classes_per_batch: int | None = None,
+        balance: Balance = "rows",
         reshuffle: bool = True,
         drop_remainder: bool = False,
     ) -> None:
         self.positive_fraction = check_fraction(positive_fraction)
         self._plan = _Plan(index, batch_size, seed, pairs_per_epoch, classes_per_batch, reshuffle, drop_remainder,
-                           positives=self.positive_fraction > 0, negatives=self.positive_fraction < 1)
+                           positives=self.positive_fraction > 0, negatives=self.positive_fraction < 1, balance=balance)
 
     def __len__(self) -> int:
         return self._plan.length
@@ -198,11 +209,12 @@ class TripletSampler:
         seed: int,
         triplets_per_epoch: int | None = None,
         classes_per_batch: int | None = None,
+        balance: Balance = "rows",
         reshuffle: bool = True,
         drop_remainder: bool = False,
     ) -> None:
         self._plan = _Plan(index, batch_size, seed, triplets_per_epoch, classes_per_batch, reshuffle, drop_remainder,
-                           positives=True, negatives=True)
+                           positives=True, negatives=True, balance=balance)
 
     def __len__(self) -> int:
         return self._plan.length
@@ -318,7 +330,7 @@ class _Plan:
 
     def __init__(self, index: ClassIndex, batch_size: int, seed: int, per_epoch: int | None,
                  classes_per_batch: int | None, reshuffle: bool, drop_remainder: bool, *,
-                 positives: bool, negatives: bool) -> None:
+                 positives: bool, negatives: bool, balance: Balance = "rows") -> None:
         if not isinstance(index, ClassIndex):
             msg = f"Expected a ClassIndex (kseq.samplers.pairs.ClassIndex(labels)). Received {type(index).__name__}."
             raise StructureError(msg)
@@ -329,6 +341,7 @@ class _Plan:
         self.classes_per_batch = None if classes_per_batch is None else _check_pk(
             index, self.batch_size, classes_per_batch, positives=positives, negatives=negatives
         )
+        self.balance = _check_balance(balance, self.classes_per_batch)
         self.length = num_batches(self.per_epoch, self.batch_size, drop_remainder=drop_remainder)
         self._cache = EpochCache()
 
@@ -336,13 +349,9 @@ class _Plan:
         return batch_rng(self.seed, self._epoch(epoch), check_batch_index(batch, self.length))
 
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's left rows: permutations of the usable rows, one after another, cut to ``per_epoch``."""
-        def make(e: int) -> np.ndarray:
-            rng, rows = epoch_rng(self.seed, e), self.index.rows
-            laps = -(-self.per_epoch // len(rows))
-            return np.concatenate([rows[rng.permutation(len(rows))] for _ in range(laps)])[: self.per_epoch]
-
-        return self._cache.get(self._epoch(epoch), make)
+        """The epoch's left rows (NOTE [ how pairs and triplets are drawn ])."""
+        make = _rows_order if self.balance == "rows" else _classes_order
+        return self._cache.get(self._epoch(epoch), lambda e: make(self.index, epoch_rng(self.seed, e), self.per_epoch))
 
     def anchors(self, epoch: int, batch: int) -> tuple[np.random.Generator, _Anchors]:
         rng = self.rng(epoch, batch)
@@ -368,6 +377,39 @@ class _Plan:
 
     def _epoch(self, epoch: int) -> int:
         return int(epoch) if self.reshuffle else 0
+
+
+def _laps(rng: np.random.Generator, items: int, length: int) -> np.ndarray:
+    """Permutations of ``range(items)``, one after another, cut to ``length``."""
+    return np.concatenate([rng.permutation(items) for _ in range(-(-length // items))])[:length]
+
+
+def _rows_order(index: ClassIndex, rng: np.random.Generator, length: int) -> np.ndarray:
+    return index.rows[_laps(rng, len(index.rows), length)]
+
+
+def _classes_order(index: ClassIndex, rng: np.random.Generator, length: int) -> np.ndarray:
+    """Left classes in laps over the classes; the k-th time class c comes up it takes row k (mod size) of a
+    random order of c's rows."""
+    classes = _laps(rng, index.num_classes, length)
+    shuffled = index.rows[np.lexsort((rng.random(len(index.rows)), index.class_of[index.rows]))]
+    counts = np.bincount(classes, minlength=index.num_classes)
+    occurrence = np.empty(length, dtype=np.int64)
+    occurrence[np.argsort(classes, kind="stable")] = np.arange(length) - np.repeat(np.cumsum(counts) - counts, counts)
+    return shuffled[index.starts[classes] + occurrence % index.sizes[classes]]
+
+
+def _check_balance(balance: object, classes_per_batch: int | None) -> Balance:
+    if balance not in ("rows", "classes"):
+        msg = f"balance must be 'rows' or 'classes'. Received balance={balance!r}."
+        raise StructureError(msg)
+    if balance == "classes" and classes_per_batch is not None:
+        msg = (
+            "balance='classes' has no effect with classes_per_batch: P x K batches already draw their classes "
+            "uniformly. Leave balance at 'rows', or drop classes_per_batch."
+        )
+        raise StructureError(msg)
+    return balance  # type: ignore[return-value]
 
 
 def _check_labels(labels: object, name: str) -> np.ndarray:

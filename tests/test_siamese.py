@@ -1,5 +1,6 @@
 import pickle
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from kseq import ArraySource, StructureError
 from kseq.datasets.siamese import SiamesePairDataset, TripletDataset
 from kseq.samplers.pairs import ClassIndex, PairSampler, PKSampler, TripletSampler, positives_in
+from kseq.sources import HDF5Source
 
 
 def labels_for(n, classes, seed=0):
@@ -342,18 +344,21 @@ class TestSiamesePairDataset:
         assert len(rows) == 12
         assert np.array_equal(x["negative"], data["x"][triplets[:, 2]])
 
-    def test_hdf5_source(self, tmp_path):
-        hdf5 = pytest.importorskip("kseq.sources.hdf5")
-        h5py = pytest.importorskip("h5py")
+    @pytest.mark.parametrize("layout", ["contiguous", "chunked+gzip"])
+    def test_hdf5_file_gives_the_same_pairs_as_memory(self, tmp_path, layout):
+        """From an HDF5 path (memory-mapped or read in chunks), batches equal those of the same arrays in memory."""
         data = clusters(n=64)
+        options = {"chunks": (8, 4), "compression": "gzip"} if layout == "chunked+gzip" else {}
         with h5py.File(tmp_path / "pairs.h5", "w") as f:
-            f.create_dataset("x", data=data["x"], chunks=(8, 4))
+            f.create_dataset("x", data=data["x"], **options)
             f.create_dataset("label", data=data["label"])
-        ds = SiamesePairDataset(hdf5.HDF5Source(tmp_path / "pairs.h5"), batch_size=8, seed=0)
+        ds = SiamesePairDataset(str(tmp_path / "pairs.h5"), batch_size=8, seed=0)
         in_memory = SiamesePairDataset(data, batch_size=8, seed=0)
+        assert isinstance(ds.source, HDF5Source)
         for b in range(len(ds)):
             got, want = ds[b], in_memory[b]
             assert np.array_equal(got[0]["left"], want[0]["left"])
+            assert np.array_equal(got[0]["right"], want[0]["right"])
             assert np.array_equal(got[1], want[1])
 
     def test_shuffle_false_gives_the_same_pairs_every_epoch(self):

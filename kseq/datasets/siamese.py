@@ -9,13 +9,15 @@ NOTE [ how pairs and triplets are drawn ] in :mod:`kseq.samplers.pairs`.
 A batch of ``b`` pairs names up to ``2 b`` rows, often with repeats (always in P x K mode,
 where every partner is a row of the batch's own block). Two ways to read them:
 
-  * one ``source.read`` per side: numpy fancy indexing straight into each side's array.
-    Cheapest when a read is only a memory copy, which is what an ``ArraySource`` (numpy
-    arrays, memmaps, a DataFrame's columns) does: no sort, no second copy.
+  * one ``source.read`` per side, straight into each side's array: no sort, no second copy.
+    kseq's own sources are read this way. An ``ArraySource`` (arrays, memmaps, a DataFrame's
+    columns) is numpy fancy indexing; an ``HDF5Source`` is a memory map or a chunk cache,
+    so a row named twice costs a copy, not a second disk read. Measured, 256 random pairs
+    of 28x28 float32 rows from 10k, 2 cores: HDF5Source contiguous 177 us per side vs 271
+    us for the union read, chunked 235 vs 324 (numpy: 116).
   * one ``source.read`` of the sorted unique rows, then one ``take`` per side: each row is
-    read once, in file order, in one call. What a source with a cost per read or per
-    chunk wants (HDF5, anything reading from disk through a library), so every other
-    Source is read this way.
+    fetched once, in storage order, in one call. Any other Source is read this way, since
+    a source of unknown cost (a database, a remote store, a user's reader) may pay per row.
 
 Either way only the batch's rows are read, so sources larger than memory work.
 """
@@ -31,7 +33,7 @@ from kseq.batching import pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.pairs import Balance, ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
-from kseq.sources import ArraySource, Source, as_source, check_fields
+from kseq.sources import ArraySource, HDF5Source, Source, as_source, check_fields
 
 __all__ = ["SiamesePairDataset", "TripletDataset"]
 
@@ -74,7 +76,7 @@ class _ClassTupleDataset(Dataset):
         See NOTE [ reading the rows of a batch ]. Each side also carries its labels, taken
         from the index built at construction (the label field is not read again).
         """
-        if isinstance(self.source, ArraySource):
+        if isinstance(self.source, (ArraySource, HDF5Source)):
             sides = [self.source.read(indices[:, j], self.fields) for j in range(indices.shape[1])]
         else:
             unique, inverse = np.unique(indices, return_inverse=True)
@@ -117,7 +119,7 @@ class SiamesePairDataset(_ClassTupleDataset):
 
     Args:
         source: a Source (``ArraySource`` over arrays or memmaps, ``DataFrameSource``,
-            ``HDF5Source``), a dict of arrays, or a DataFrame.
+            ``HDF5Source``), a dict of arrays, a DataFrame, or the path of an HDF5 file.
         label: the field holding the class of each row: shape ``(n,)`` or ``(n, 1)``.
         fields: the field(s) to pair; default every field except ``label``.
         positive_fraction: the share of same-class pairs in every batch, in ``[0, 1]``.

@@ -370,8 +370,10 @@ class _Plan:
         sizes = self.index.sizes[classes]
         m = np.minimum(sizes, k)
         distinct = np.zeros((p, k), dtype=np.int64)
+        # shuffle=False: a uniform subset at half the cost; the order inside a slot never matters (anchors are
+        # permuted, partners drawn uniformly).
         for slot, (c, size) in enumerate(zip(classes.tolist(), sizes.tolist(), strict=True)):
-            pick = rng.choice(size, size=k, replace=False) if size >= k else rng.permutation(size)
+            pick = rng.choice(size, size=k, replace=False, shuffle=False) if size >= k else rng.permutation(size)
             distinct[slot, : len(pick)] = self.index.rows[self.index.starts[c] + pick]
         return _Block(distinct, m)
 

@@ -1,0 +1,503 @@
+"""kseq's own workers, with real threads, real processes, real shared memory and real `fit`."""
+
+import gc
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kseq.datasets.base import Dataset
+from kseq.datasets.multi_input import MultiInputDataset
+from kseq.errors import StructureError, WorkerError
+from kseq.workers import WorkerConfig
+from kseq.workers.shm import shm_directory, sweep_stale
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSES = {"workers": 2, "use_multiprocessing": True, "start_method": "fork"}
+MODES = {
+    "inline": {},
+    "threads": {"workers": 2},
+    "1 process": {"workers": 1, "use_multiprocessing": True, "start_method": "fork"},
+    "2 processes": PROCESSES,
+}
+
+
+# -- datasets used by the workers: module level, so spawned workers can import them ---------------
+
+
+class Jittered(Dataset):
+    """x plus noise from batch_rng(index, epoch), and a label: a random per-sample transform."""
+
+    def get_batch(self, index, epoch=None):
+        epoch = self.epoch if epoch is None else epoch
+        (rows,) = super().get_batch(index, epoch)
+        noise = self.batch_rng(index, epoch).normal(size=(len(rows["x"]), 3)).astype("float32")
+        return {"x": rows["x"][:, None] + noise, "id": rows["x"].astype("int64")}, rows["x"] % 3
+
+
+class LegacyRandom(Dataset):
+    """Draws from the global np.random, like much pre-kseq augmentation code."""
+
+    def build_batch(self, rows):
+        return (rows["x"] + np.random.random(len(rows["x"])),)
+
+
+class Failing(Dataset):
+    """Raises in build_batch for the batch holding row 13."""
+
+    def build_batch(self, rows):
+        if 13 in rows["x"]:
+            raise ValueError("row 13 is corrupt")
+        return (rows,)
+
+
+class Exiting(Dataset):
+    """The worker computing batch 1 of epoch 0 exits without a word."""
+
+    def get_batch(self, index, epoch=None):
+        if (index, epoch) == (1, 0) and multiprocessing.parent_process() is not None:
+            os._exit(3)
+        return super().get_batch(index, epoch)
+
+
+class Slow(Dataset):
+    """Each batch takes `delay` seconds (a module-level float, so spawn sees it too)."""
+
+    delay = 30.0
+
+    def build_batch(self, rows):
+        time.sleep(self.delay)
+        return (rows,)
+
+
+class Recording(Dataset):
+    """Records every (epoch, index) it computes (threads share the list)."""
+
+    def get_batch(self, index, epoch=None):
+        self.computed.append((self.epoch if epoch is None else epoch, index))
+        return super().get_batch(index, epoch)
+
+
+class WithLock(Dataset):
+    def __init__(self, source, **kwargs):
+        super().__init__(source, **kwargs)
+        self.lock = threading.Lock()
+
+
+class WithLambda(Dataset):
+    def __init__(self, source, **kwargs):
+        super().__init__(source, **kwargs)
+        self.transform = lambda x: x * 2
+
+
+def jittered(**kwargs):
+    return Jittered({"x": np.arange(50.0)}, batch_size=8, seed=11, **kwargs)
+
+
+def epochs_of(ds, epochs=2):
+    """Every batch of `epochs` epochs, as __getitem__ serves them, epoch by epoch."""
+    out = []
+    for _ in range(epochs):
+        out.append([ds[i] for i in range(len(ds))])
+        ds.on_epoch_end()
+    return out
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for epoch_a, epoch_b in zip(a, b, strict=True):
+        for (xa, ya), (xb, yb) in zip(epoch_a, epoch_b, strict=True):
+            assert xa.keys() == xb.keys()
+            for key in xa:
+                np.testing.assert_array_equal(xa[key], xb[key])
+            np.testing.assert_array_equal(ya, yb)
+
+
+def segments():
+    """This process's shared-memory slot files."""
+    return sorted(Path(shm_directory()).glob(f"kseq-{os.getpid()}-*"))
+
+
+def children():
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def within(seconds, fn):
+    """fn() in a thread; fails (instead of hanging the suite) if it takes longer than `seconds`."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # handed to the test
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s: a hang"
+    result["seconds"] = time.monotonic() - start
+    return result
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test leaves no shared-memory file and no worker process behind."""
+    before = children()
+    yield
+    if segments() or children() - before:
+        gc.collect()  # only when needed: a full collection costs ~0.5 s with a framework loaded
+    assert segments() == []
+    assert children() - before == set()
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+class TestConfig:
+    def test_keras_sees_an_inline_dataset(self):
+        """Keras reads workers=1 and use_multiprocessing=False, so it never starts its own pool."""
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+        ds = jittered(**PROCESSES)
+        assert (ds.workers, ds.use_multiprocessing) == (1, False)
+        assert ds.worker_config == WorkerConfig(workers=2, use_multiprocessing=True, start_method="fork")
+        assert PyDatasetAdapter(ds).enqueuer is None
+
+    def test_setting_workers_later_is_refused(self):
+        ds = jittered()
+        with pytest.raises(StructureError, match="Pass workers= to the constructor"):
+            ds.workers = 4
+
+    @pytest.mark.parametrize(("kwargs", "match"), [
+        ({"workers": -1}, "workers must be an integer >= 0"),
+        ({"workers": 1.5}, "workers must be an integer >= 0"),
+        ({"max_queue_size": 0}, "max_queue_size must be an integer >= 1"),
+        ({"use_multiprocessing": True, "start_method": "teleport"}, "start_method must be one of"),
+    ])
+    def test_bad_configuration_fails_at_construction(self, kwargs, match):
+        with pytest.raises(StructureError, match=match):
+            jittered(**kwargs)
+
+    def test_start_method_without_processes_warns(self):
+        with pytest.warns(UserWarning, match="start_method='spawn' is ignored"):
+            jittered(workers=2, start_method="spawn")
+
+    def test_pickled_dataset_arrives_without_a_pool(self):
+        ds = jittered(**PROCESSES)
+        ds[0]
+        clone = pickle.loads(pickle.dumps(ds))
+        assert clone.worker_config == ds.worker_config
+        assert not clone._loader.running
+        ds.close()
+
+
+# -- determinism ---------------------------------------------------------------------------------
+
+
+@pytest.mark.portable
+class TestDeterminism:
+    @pytest.mark.parametrize("mode", list(MODES))
+    def test_batches_match_inline_computation(self, mode):
+        """Contents and order of every batch, random transform included, whatever computes them."""
+        with jittered(**MODES[mode]) as ds:
+            served = epochs_of(ds)
+        assert_same_batches(served, epochs_of(jittered()))
+
+    @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+    def test_batches_match_under_other_start_methods(self, start_method):
+        """One worker each: spawned workers import the framework, which is slow; counts are covered above."""
+        with jittered(workers=1, use_multiprocessing=True, start_method=start_method) as ds:
+            served = epochs_of(ds)
+        assert_same_batches(served, epochs_of(jittered()))
+
+    def test_global_numpy_random_is_reseeded_per_batch_in_processes(self):
+        """Legacy np.random draws: no two batches repeat, and one or two workers draw the same."""
+
+        def draws(workers):
+            with LegacyRandom({"x": np.zeros(40)}, batch_size=8, seed=5, workers=workers,
+                              use_multiprocessing=True, start_method="fork") as ds:
+                return np.stack([ds[i][0] for i in range(5)])
+
+        one, two = draws(1), draws(2)
+        np.testing.assert_array_equal(one, two)
+        assert len({tuple(row) for row in one}) == 5
+
+
+# -- the pool's life -----------------------------------------------------------------------------
+
+
+class TestPool:
+    def test_pool_is_kept_across_epochs(self):
+        before = children()
+        with jittered(**PROCESSES) as ds:
+            epochs_of(ds, epochs=1)
+            started = children() - before
+            epochs_of(ds, epochs=2)
+            assert len(started) == 2
+            assert children() - before == started
+
+    def test_close_stops_workers_and_removes_shared_memory(self):
+        ds = jittered(**PROCESSES)
+        batch = ds[0]
+        assert segments() != []
+        assert all(path.stat().st_mode & 0o777 == 0o600 for path in segments())
+        ds.close()
+        assert segments() == []
+        assert batch[0]["x"].shape == (8, 3)  # a batch still held stays readable
+
+    def test_garbage_collection_closes_the_pool(self):
+        before = children()
+        ds = jittered(**PROCESSES)
+        ds[0]
+        assert children() - before
+        del ds
+        gc.collect()
+        assert children() - before == set()
+        assert segments() == []
+
+    def test_a_closed_dataset_starts_a_new_pool_on_demand(self):
+        ds = jittered(**PROCESSES)
+        first = ds[0]
+        ds.close()
+        np.testing.assert_array_equal(ds[0][0]["x"], first[0]["x"])
+        ds.close()
+
+    def test_batches_held_by_the_caller_are_never_overwritten(self):
+        """Shared-memory slots are reused only when no view of them is left."""
+        with jittered(**PROCESSES) as ds:
+            (held,) = epochs_of(ds, epochs=1)
+            copies = [b[0]["x"].copy() for b in held]
+            epochs_of(ds, epochs=3)
+            for batch, copy in zip(held, copies, strict=True):
+                np.testing.assert_array_equal(batch[0]["x"], copy)
+
+    def test_stale_segments_of_dead_processes_are_swept(self, tmp_path):
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        stale = tmp_path / f"kseq-{dead.stdout.strip()}-abcd-0"
+        mine = tmp_path / f"kseq-{os.getpid()}-abcd-0"
+        stale.write_bytes(b"x")
+        mine.write_bytes(b"x")
+        assert sweep_stale(str(tmp_path)) == [str(stale)]
+        assert mine.exists()
+
+
+def run_script(body, tmp_path):
+    """Run a script using kseq in a fresh interpreter (numpy backend: the workers, not a framework, are tested)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "KERAS_BACKEND": "numpy", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+
+
+class TestInterrupts:
+    def test_ctrl_c_stops_the_pool(self, tmp_path):
+        out = run_script(
+            """
+            import multiprocessing, os, signal, threading
+            from pathlib import Path
+            import numpy as np
+            from test_workers import Slow
+            from kseq.workers.shm import shm_directory
+
+            def clean(pids, pattern):
+                alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+                return not alive and not list(Path(shm_directory()).glob(pattern))
+
+            if __name__ == "__main__":
+                ds = Slow({"x": np.arange(8)}, batch_size=4, workers=2, use_multiprocessing=True)
+                seen = []
+                def interrupt():
+                    seen.extend(p.pid for p in multiprocessing.active_children())
+                    os.kill(os.getpid(), signal.SIGINT)
+                threading.Timer(1.0, interrupt).start()
+                try:
+                    ds[0]
+                except KeyboardInterrupt:
+                    print("interrupted", len(seen), clean(seen, f"kseq-{os.getpid()}-*"))
+            """,
+            tmp_path,
+        )
+        assert out.stdout.split() == ["interrupted", "2", "True"], out.stderr[-2000:]
+
+    def test_exit_without_close_leaves_nothing(self, tmp_path):
+        out = run_script(
+            """
+            import multiprocessing, os
+            import numpy as np
+            from test_workers import Jittered
+            if __name__ == "__main__":
+                ds = Jittered({"x": np.arange(50.0)}, batch_size=8, workers=2, use_multiprocessing=True)
+                ds[0]
+                print(os.getpid(), *[p.pid for p in multiprocessing.active_children()])
+            """,
+            tmp_path,
+        )
+        main, *workers = [int(p) for p in out.stdout.split()]
+        assert len(workers) == 2, out.stderr[-2000:]
+        time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        assert list(Path(shm_directory()).glob(f"kseq-{main}-*")) == []
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+class TestFaults:
+    @pytest.mark.parametrize("mode", ["threads", "2 processes"])
+    def test_exception_reaches_the_caller_with_traceback_and_batch(self, mode):
+        with Failing({"x": np.arange(40)}, batch_size=8, shuffle=False, **MODES[mode]) as ds:
+            with pytest.raises(WorkerError, match="batch 1 of epoch 0") as info:
+                [ds[i] for i in range(len(ds))]
+            message = str(info.value)
+            assert "ValueError: row 13 is corrupt" in message
+            assert "in build_batch" in message  # the worker's own traceback
+            assert isinstance(info.value.__cause__, ValueError)
+            assert ds[2][0]["x"].tolist() == list(range(16, 24))  # the pool is still usable
+
+    def test_worker_exit_is_raised_within_seconds(self):
+        with Exiting({"x": np.arange(40)}, batch_size=8, shuffle=False, **PROCESSES) as ds:
+            result = within(20, lambda: [ds[i] for i in range(len(ds))])
+            assert isinstance(result.get("error"), WorkerError)
+            assert "exited with code 3 while computing" in str(result["error"])
+            assert "batch 1 of epoch 0" in str(result["error"])
+            assert result["seconds"] < 5
+
+    def test_worker_killed_by_a_signal_is_raised_and_the_next_batch_starts_a_new_pool(self):
+        before = children()
+        with Slow({"x": np.arange(8)}, batch_size=4, shuffle=False, **PROCESSES) as ds:
+            killer = threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGKILL) for pid in children() - before])
+            killer.start()
+            result = within(20, lambda: ds[0])
+            assert "killed by signal SIGKILL" in str(result.get("error"))
+            assert children() - before == set()  # the rest of the pool was stopped
+            Slow.delay = 0.0
+            try:
+                assert ds[0][0]["x"].tolist() == [0, 1, 2, 3]
+            finally:
+                Slow.delay = 30.0
+
+    @pytest.mark.parametrize(("cls", "attribute", "why"), [
+        (WithLock, "WithLock.lock", "cannot pickle '_thread.lock' object"),
+        (WithLambda, "WithLambda.transform", "<lambda>"),
+    ])
+    def test_unpicklable_attribute_is_named(self, cls, attribute, why):
+        ds = cls({"x": np.arange(8)}, batch_size=4, workers=1, use_multiprocessing=True, start_method="spawn")
+        with pytest.raises(WorkerError, match="start_method='spawn'") as info:
+            ds[0]
+        assert f"{attribute} cannot be pickled" in str(info.value)
+        assert why in str(info.value)
+
+    def test_class_defined_in_a_function_is_named(self):
+        class Local(Dataset):
+            pass
+
+        ds = Local({"x": np.arange(8)}, batch_size=4, workers=1, use_multiprocessing=True, start_method="forkserver")
+        with pytest.raises(WorkerError, match=r"class .*Local .*cannot be pickled"):
+            ds[0]
+
+
+# -- prefetching ---------------------------------------------------------------------------------
+
+
+def wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+class TestPrefetch:
+    def recording(self, **kwargs):
+        ds = Recording({"x": np.arange(80)}, batch_size=8, seed=1, workers=2, **kwargs)
+        ds.computed = []
+        return ds
+
+    def test_prefetches_ahead_in_order_up_to_max_queue_size(self):
+        with self.recording(max_queue_size=3) as ds:
+            ds[0]
+            assert wait_for(lambda: len(ds.computed) >= 4)
+            time.sleep(0.1)
+            assert sorted(ds.computed) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+    def test_prefetch_runs_into_the_next_epoch(self):
+        with self.recording(max_queue_size=4) as ds:
+            [ds[i] for i in range(len(ds))]
+            assert wait_for(lambda: (1, 3) in ds.computed)
+            ds.on_epoch_end()
+            computed = len(ds.computed)
+            [ds[i] for i in range(4)]
+            again = [key for key in ds.computed[computed:] if key in {(1, 0), (1, 1), (1, 2), (1, 3)}]
+            assert again == []  # served from what was prefetched before the epoch ended
+
+    def test_out_of_order_requests_are_correct_and_warn_once(self):
+        served = []
+        with jittered(**PROCESSES) as ds, warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            for epoch in range(2):
+                got = {int(i): ds[int(i)] for i in np.random.default_rng(epoch).permutation(len(ds))}
+                served.append([got[i] for i in range(len(ds))])
+                ds.on_epoch_end()
+        assert_same_batches(served, epochs_of(jittered()))
+        assert len([w for w in record if "shuffle=False to fit" in str(w.message)]) == 1
+
+    def test_in_order_requests_do_not_warn(self):
+        with jittered(**PROCESSES) as ds, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            epochs_of(ds, epochs=2)
+
+
+# -- fit -----------------------------------------------------------------------------------------
+
+
+def regression(n=256):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return {"x": x, "y": (x @ np.array([1.0, -2.0, 3.0, 0.5], "float32"))[:, None]}
+
+
+def linear_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1, name="y")(inputs))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    return model
+
+
+class TestFit:
+    @pytest.mark.portable
+    def test_fit_with_worker_processes_trains_like_inline(self):
+        """Same seed, same batches, same order: the same weights as inline training, with no warning."""
+        data = regression()
+        trained = []
+        for kwargs in ({}, {"workers": 2, "use_multiprocessing": True}):
+            with MultiInputDataset(data, inputs="x", targets="y", batch_size=32, seed=0, **kwargs) as ds:
+                model = linear_model()
+                with warnings.catch_warnings(record=True) as record:
+                    warnings.simplefilter("always")
+                    history = model.fit(ds, epochs=3, shuffle=False, verbose=0)
+                assert not [w for w in record if "kseq" in str(w.message)]
+                assert history.history["loss"][-1] < 0.05 * history.history["loss"][0]
+                trained.append(model.get_weights())
+        for inline, workers in zip(*trained, strict=True):
+            np.testing.assert_allclose(inline, workers, rtol=1e-5, atol=1e-6)
+
+    def test_fit_shuffle_true_warns_once_and_still_trains(self):
+        with MultiInputDataset(regression(), inputs="x", targets="y", batch_size=32, seed=0, **PROCESSES) as ds:
+            model = linear_model()
+            with pytest.warns(UserWarning, match="out of order") as record:
+                history = model.fit(ds, epochs=3, verbose=0)
+        assert len([w for w in record if "out of order" in str(w.message)]) == 1
+        assert history.history["loss"][-1] < 0.05 * history.history["loss"][0]

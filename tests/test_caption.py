@@ -328,6 +328,17 @@ class TestValidation:
         ds = CaptionDataset(np.zeros((1, 1)), [[[2, 0, 5, 3]]], pad_value=-1, batch_size=1)
         assert ds[0][1]["decoder_output"].tolist() == [[0, 5, 3]]
 
+    @pytest.mark.parametrize("captions", [np.zeros((2, 3, 4), dtype="int32"), []])
+    def test_no_caption_at_all(self, captions):
+        with pytest.raises(StructureError, match="captions holds no caption"):
+            CaptionDataset(np.zeros((2, 1)), captions, image_ids=None if len(captions) else [])
+
+    def test_an_object_array_of_ragged_captions(self):
+        ragged = np.empty(2, dtype=object)
+        ragged[:] = [[[2, 4, 3]], [[2, 5, 6, 3], [2, 3]]]
+        ds = CaptionDataset(np.eye(2), ragged, captions_per_image="all", batch_size=3, shuffle=False)
+        assert ds[0][1]["decoder_output"].tolist() == [[4, 3, 0], [5, 6, 3], [3, 0, 0]]
+
     def test_text_captions_ask_for_tokenizing(self):
         with pytest.raises(StructureError, match="Tokenize first"):
             CaptionDataset(np.zeros((1, 1)), [["a red circle"]])

@@ -213,7 +213,7 @@ class CaptionDataset(Dataset):
         full = self.table.lengths[self._rows]
         self.lengths = full if self.max_length is None else np.minimum(full, self.max_length)
         self.num_truncated = int((full > self.lengths).sum())
-        self._warn_once(len(source))
+        self._warn_about_data(len(source))
         super().__init__(source, **kwargs)
         self.sequence_length = self._constant_width()
 
@@ -241,8 +241,7 @@ class CaptionDataset(Dataset):
         tokens = self.table.gather(self._rows[ids], width=width + 1, lengths=steps + 1)
         real = np.arange(width) < steps[:, None]
         x = {
-            self.input_names[0]: np.asarray(self.source.read(self.image_of[ids], [self.features_field])[
-                self.features_field]),
+            self.input_names[0]: self._features(ids),
             self.input_names[1]: np.where(real, tokens[:, :-1], np.int32(self.pad_value)),
         }
         y = {self.output_name: tokens[:, 1:]}
@@ -273,7 +272,11 @@ class CaptionDataset(Dataset):
             total += len(ids) * self.batch_width(i, epoch)
         return 1.0 - real / total
 
-    # -- construction helpers ------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------
+
+    def _features(self, ids: np.ndarray) -> np.ndarray:
+        rows = self.source.read(self.image_of[ids], [self.features_field])[self.features_field]
+        return np.asarray(rows)  # a plain array, not an np.memmap view
 
     def _width(self, ids: np.ndarray) -> int:
         return _round_up(int(self.lengths[ids].max()) - 1, self.pad_to_multiple)
@@ -285,7 +288,8 @@ class CaptionDataset(Dataset):
         narrowest = _round_up(int(self.lengths.min()) - 1, self.pad_to_multiple)
         return widest if narrowest == widest or len(self) == 1 else None
 
-    def _warn_once(self, n_images: int) -> None:
+    def _warn_about_data(self, n_images: int) -> None:
+        """One warning per kind of problem, with its count."""
         uncaptioned = n_images - len(np.unique(self.image_of))
         if uncaptioned:
             warnings.warn(
@@ -349,6 +353,7 @@ def _parse_captions(
     elif image_ids is not None:
         table = TokenTable(captions, pad_value=pad)
         owner = np.asarray(image_ids)
+        owner = owner if owner.size else owner.astype(np.int64)  # [] is float
         if owner.shape != (len(table),) or owner.dtype.kind not in "iu":
             msg = (
                 f"image_ids must hold one integer per caption: {len(table)} captions. "
@@ -364,12 +369,17 @@ def _parse_captions(
     rows = np.arange(len(table))
     if drop_empty:
         rows = rows[table.lengths > 0]
+    if not rows.size:
+        msg = "captions holds no caption. Expected at least one token sequence of 2 or more tokens."
+        raise StructureError(msg)
     _check_tokens(table, rows, pad)
     order = np.argsort(owner[rows], kind="stable")
     return table, owner[rows][order], rows[order]
 
 
 def _nested(captions: Any, n_images: int, pad: int) -> tuple[TokenTable, np.ndarray]:
+    if isinstance(captions, np.ndarray) and captions.dtype == object:
+        captions = list(captions)
     if not isinstance(captions, Sequence) or isinstance(captions, str):
         msg = (
             "captions must be a list (one per image) of lists of token sequences, a flat list or 2-D array "

@@ -53,8 +53,11 @@ def stateful_layers(model: Any) -> list[Any]:
 def check_stateful_model(model: Any, batch_size: int) -> None:
     """Refuse a model whose stateful layers (or fixed input batch size) do not match ``batch_size`` streams."""
     rows = {layer.name: int(keras.tree.flatten(layer.states)[0].shape[0]) for layer in stateful_layers(model)}
-    inputs = enumerate(model.inputs)
-    rows |= {f"input {i}": int(t.shape[0]) for i, t in inputs if t.shape and t.shape[0] is not None}
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError, TypeError):  # not built yet: only its stateful layers can tell
+        inputs = []
+    rows |= {f"input {i}": int(t.shape[0]) for i, t in enumerate(inputs) if t.shape and t.shape[0] is not None}
     wrong = {name: n for name, n in rows.items() if n != batch_size}
     if wrong:
         msg = (

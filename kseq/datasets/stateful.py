@@ -134,6 +134,7 @@ class StatefulSequenceDataset(Dataset):
         _check_widths(self.inputs, "inputs", fields)
         _check_widths(self.targets or self.inputs, "targets", fields)
         self.lengths = _usable_lengths(sources, self.target_offset)
+        self._split_given = split
         self.split = (not self._several) if split is None else bool(split)
         self._rows = np.concatenate([[0], np.cumsum([len(s) for s in sources])[:-1]]).astype(np.int64)
         self._last_served: int | None = None
@@ -151,9 +152,10 @@ class StatefulSequenceDataset(Dataset):
     # -- the parts of Dataset this class overrides ------------------------------
 
     def make_sampler(self) -> StreamSampler:
-        return StreamSampler(
+        self._streams = StreamSampler(
             self.lengths, batch_size=self.batch_size, timesteps=self.timesteps, split=self.split, bases=self._rows
         )
+        return self._streams
 
     @property
     def fields_read(self) -> list[str]:
@@ -161,7 +163,7 @@ class StatefulSequenceDataset(Dataset):
 
     def get_batch(self, index: int, epoch: int | None = None) -> tuple:
         """Batch ``index``: ``(x, y, sample_weight)``. Pure: any batch, in any order (unlike ``ds[index]``)."""
-        idx = self.sampler.indices(self.epoch if epoch is None else int(epoch), _check_index(index, len(self)))
+        idx = self._streams.indices(self.epoch if epoch is None else int(epoch), _check_index(index, len(self)))
         real = idx >= 0
         x_rows = idx[real]
         y_rows = x_rows + self.target_offset
@@ -188,14 +190,14 @@ class StatefulSequenceDataset(Dataset):
     @property
     def layout(self) -> StreamLayout:
         """Where every window sits (sequence, first step, real steps, starts), ``(len(ds), batch_size)`` each."""
-        return self.sampler.layout
+        return self._streams.layout
 
     def starts(self, index: int) -> np.ndarray:
         """A boolean per row of batch ``index``: true where a new sequence (or piece) begins.
 
         The state of those rows must be reset before the batch; at batch 0 every row starts.
         """
-        return self.sampler.starts(_check_index(index, len(self)))
+        return self._streams.starts(_check_index(index, len(self)))
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -208,8 +210,8 @@ class StatefulSequenceDataset(Dataset):
         ``open_time_axis=True`` gives ``None`` timesteps: one model for windows of any length.
         """
         steps = None if open_time_axis else self.timesteps
-        dtype = self.source.fields[self.inputs[0]][1]
-        dtype = keras.config.floatx() if np.dtype(dtype).kind == "f" else str(dtype)
+        common = np.result_type(*[self.source.fields[n][1] for n in self.inputs])
+        dtype = keras.config.floatx() if common.kind == "f" else str(common)
         return keras.Input(batch_shape=(self.batch_size, steps, *self.feature_shape), dtype=dtype, name=name)
 
     def like(self, series: Any, **changes: Any) -> StatefulSequenceDataset:
@@ -217,13 +219,19 @@ class StatefulSequenceDataset(Dataset):
 
         ``changes`` overrides any keyword, e.g. ``batch_size=1`` to forecast one stream.
         """
+        pool = self.worker_config
         settings = {
             "batch_size": self.batch_size,
             "timesteps": self.timesteps,
             "inputs": self.inputs,
             "targets": self.targets,
             "target_offset": self.target_offset,
+            "split": self._split_given,
             "seed": self.seed,
+            "workers": pool.workers,
+            "use_multiprocessing": pool.use_multiprocessing,
+            "max_queue_size": pool.max_queue_size,
+            "start_method": pool.start_method,
         }
         return StatefulSequenceDataset(series, **{**settings, **changes})
 
@@ -386,7 +394,7 @@ def _common_fields(sources: list[Source]) -> Mapping[str, tuple[tuple[int, ...],
     return first
 
 
-def _names(names: Names, argument: str, fields: Mapping) -> list[str]:
+def _names(names: Names | None, argument: str, fields: Mapping) -> list[str]:
     chosen = list(fields) if names is None else [names] if isinstance(names, str) else list(names)
     if not chosen or not all(isinstance(n, str) for n in chosen):
         msg = f"{argument} must be a field name or a list of field names. Received {argument}={names!r:.80}."

@@ -147,16 +147,15 @@ class StreamSampler:
         batch_size: int,
         timesteps: int,
         split: bool,
-        bases: Sequence[int] | None = None,
+        bases: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         self.layout = stream_layout(lengths, batch_size=batch_size, timesteps=timesteps, split=split)
         self.lengths = tuple(int(n) for n in lengths)
-        if bases is None:
-            bases = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        if len(bases) != len(self.lengths):
-            msg = f"Expected one base row per sequence ({len(self.lengths)}). Received {len(bases)}."
+        back_to_back = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.bases = np.asarray(back_to_back if bases is None else bases, dtype=np.int64)
+        if self.bases.shape != (len(self.lengths),):
+            msg = f"Expected one base row per sequence ({len(self.lengths)}). Received {self.bases.shape[0]}."
             raise StructureError(msg)
-        self.bases = np.asarray(bases, dtype=np.int64)
         self.batch_size = self.layout.batch_size
         self.timesteps = self.layout.timesteps
 

@@ -1,0 +1,255 @@
+"""Keras 2 generator yields -> batches in a Keras 3 model's structure.
+
+# NOTE [ legacy yields ]
+Keras 2's ``fit_generator`` read every yield the same way: ``(x, y)`` or
+``(x, y, sample_weight)`` (a list of two or three counted as that tuple); x as one
+array, a list of arrays in the order of ``model.inputs``, or a dict by input name;
+targets and sample weights likewise by output layer name. Keras 3.15 keeps the
+list and dict forms for x, but reads a list-built model's targets by position only
+and rejects a target dict outright (``Expected float32, but got decoder_output of
+type 'str'``), and it tolerates extra x keys that can route the wrong array
+(keras#23258).
+
+:class:`BatchNormaliser` gives every yield names first (:meth:`BatchNormaliser.name`:
+``{model_name: array}``, with every name checked against the model and shapes and
+dtypes checked by :func:`kseq.validation.check_batch`), then puts it in the form the
+model's ``fit`` takes (:meth:`BatchNormaliser.adapt`, i.e.
+:meth:`kseq.structure.ModelStructure.adapt`). Every error names the batch it came
+from (``epoch 2, step 5 of 10``) and says what to yield instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kseq.batching import ClassWeights, describe
+from kseq.errors import StructureError
+from kseq.structure import ModelStructure, TensorSpec
+from kseq.validation import check_batch
+
+__all__ = ["BatchNormaliser"]
+
+
+class BatchNormaliser:
+    """Read a Keras 2 yield and put it into a Keras 3 model's structure.
+
+    Args:
+        structure: the model's structure (:meth:`ModelStructure.of`); ``None`` only
+            turns a list yield into a tuple and checks its length.
+        class_weight: ``{class_id: weight}`` (one output) or
+            ``{output_name: {class_id: weight}}``; multiplied into the sample weights,
+            as tf.keras 2 did. Needs ``structure``.
+        x_only: read yields as ``predict_generator`` did: the first element of a
+            2- or 3-tuple, or else the whole yield (a list is then the model's inputs).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+        >>> h = keras.layers.Concatenate()([a, b])
+        >>> model = keras.Model([a, b], [keras.layers.Dense(1, name="score")(h), keras.layers.Dense(2, name="aux")(h)])
+        >>> norm = BatchNormaliser(ModelStructure.of(model))
+        >>> x, y = norm(([np.zeros((4, 3)), np.zeros((4, 5))], {"aux": np.ones((4, 2)), "score": np.zeros((4, 1))}))
+        >>> [v.shape for v in x], [v.shape for v in y]
+        ([(4, 3), (4, 5)], [(4, 1), (4, 2)])
+    """
+
+    def __init__(
+        self,
+        structure: ModelStructure | None = None,
+        *,
+        class_weight: Mapping[Any, Any] | None = None,
+        x_only: bool = False,
+    ) -> None:
+        self.structure = structure
+        self.x_only = bool(x_only)
+        self.class_weights = _class_weights(class_weight, structure)
+
+    def __call__(self, item: Any, *, where: str = "this batch") -> tuple:
+        """``adapt(name(item))``: one yield in the model's structure."""
+        return self.adapt(self.name(item, where=where))
+
+    def name(self, item: Any, *, where: str = "this batch") -> tuple:
+        """Split a yield into ``(x,)``, ``(x, y)`` or ``(x, y, sw)`` and name every part by model input/output."""
+        parts = self._split(item, where)
+        if self.structure is None:
+            return parts
+        s = self.structure
+        x = _name(parts[0], s.inputs, "x", "input", where)
+        named: tuple = (x,)
+        if len(parts) > 1:
+            y = _name(parts[1], s.outputs, "y", "output", where)
+            weights = _weights(parts[2] if len(parts) > 2 else None, s.outputs, y, where)
+            weights = self._apply_class_weights(weights, y, where)
+            named = (x, y) if weights is None else (x, y, weights)
+        try:
+            check_batch(s, named)
+        except StructureError as e:
+            raise StructureError(f"At {where}: {e}") from e
+        _check_fixed_batch(s.inputs, x, where)
+        return named
+
+    def adapt(self, named: tuple) -> tuple:
+        """Put a named batch into the model's structure (unchanged without a structure)."""
+        if self.structure is None:
+            return named
+        # A single-output target stays one array for a single-output model (ModelStructure.adapt).
+        return self.structure.adapt(named)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _split(self, item: Any, where: str) -> tuple:
+        if self.x_only:
+            if isinstance(item, tuple) and 1 <= len(item) <= 3:
+                return (item[0],)
+            return (item,)
+        if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+            if len(item) == 3 and item[2] is None:
+                return (item[0], item[1])
+            return tuple(item)
+        msg = (
+            f"At {where}: the generator yielded {describe(item)[:200]}. Expected a tuple (x, y) or "
+            "(x, y, sample_weight), as Keras 2's fit_generator did. Yield (inputs, targets); for several "
+            "inputs, inputs may be a list in the order of model.inputs or a dict by input name."
+        )
+        raise StructureError(msg)
+
+    def _apply_class_weights(self, weights: dict | None, y: dict, where: str) -> dict | None:
+        if not self.class_weights:
+            return weights
+        n = _rows(next(iter(y.values())))
+        weights = dict(weights) if weights else {name: np.ones(n, np.float32) for name in y}
+        for name, cw in self.class_weights.items():
+            missing = cw.missing(y[name])
+            if missing:
+                msg = (
+                    f"At {where}: class_weight has no weight for class(es) {missing[:20]} found in the targets of "
+                    f"output '{name}'. Expected a weight for every class, as Keras 2 required. "
+                    "Add them to class_weight."
+                )
+                raise StructureError(msg)
+            w = np.asarray(weights[name], np.float32)
+            weights[name] = w * cw(y[name]).reshape((n,) + (1,) * (w.ndim - 1))
+        return weights
+
+
+def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where: str) -> dict[str, Any]:
+    names = [s.name for s in specs]
+    if isinstance(part, Mapping):
+        _check_keys(part, names, role, kind, where)
+        return {n: part[n] for n in names}
+    if isinstance(part, (list, tuple)):
+        if len(names) == 1 and not (len(part) > 1 and all(hasattr(v, "shape") for v in part)):
+            return {names[0]: part[0] if len(part) == 1 and hasattr(part[0], "shape") else np.asarray(part)}
+        if len(part) != len(names):
+            msg = (
+                f"At {where}: {role} is a list of {len(part)} arrays {describe(list(part))[:200]}, but the model "
+                f"has {len(names)} {kind}s {names}. Expected one array per model {kind}, in the order of "
+                f"model.{kind}s, or a dict {{{', '.join(repr(n) + ': ...' for n in names)}}}."
+            )
+            raise StructureError(msg)
+        return dict(zip(names, part, strict=True))
+    if len(names) != 1:
+        msg = (
+            f"At {where}: {role} is one array {describe(part)}, but the model has {len(names)} {kind}s {names}. "
+            f"Yield a list in the order of model.{kind}s, or a dict {{{', '.join(repr(n) + ': ...' for n in names)}}}."
+        )
+        raise StructureError(msg)
+    return {names[0]: part}
+
+
+def _check_keys(part: Mapping, names: list[str], role: str, kind: str, where: str) -> None:
+    missing = [n for n in names if n not in part]
+    extra = [k for k in part if k not in names]
+    if missing:
+        msg = (
+            f"At {where}: the {role} dict has no key for model {kind}(s) {missing}. Expected keys {names} "
+            f"(the names of the model's {kind} layers). Received keys {sorted(map(str, part))}. "
+            f"Rename the keys, or name the layers: keras.Input(..., name={missing[0]!r})."
+        )
+        raise StructureError(msg)
+    if extra:
+        msg = (
+            f"At {where}: the {role} dict has key(s) {extra} that the model does not take. Expected exactly "
+            f"{names}. Extra keys are not harmless: Keras can route the wrong array to an input (keras#23258). "
+            "Remove them from the yield."
+        )
+        raise StructureError(msg)
+
+
+def _weights(sw: Any, specs: tuple[TensorSpec, ...], y: dict, where: str) -> dict[str, Any] | None:
+    """Sample weights by output name; an array applies to every output, as in Keras 3."""
+    if sw is None:
+        return None
+    names = [s.name for s in specs]
+    n = _rows(next(iter(y.values())))
+    if isinstance(sw, Mapping):
+        extra = [k for k in sw if k not in names]
+        if extra:
+            msg = f"At {where}: sample_weight has key(s) {extra} that are not model outputs. Expected keys in {names}."
+            raise StructureError(msg)
+        return {name: _ones_if_none(sw.get(name), n) for name in names}
+    if isinstance(sw, (list, tuple)) and len(names) > 1:
+        if len(sw) != len(names):
+            msg = (
+                f"At {where}: sample_weight is a list of {len(sw)}, but the model has {len(names)} outputs {names}. "
+                "Expected one weight array (or None) per output, or a dict by output name."
+            )
+            raise StructureError(msg)
+        return {name: _ones_if_none(w, n) for name, w in zip(names, sw, strict=True)}
+    return dict.fromkeys(names, np.asarray(sw))
+
+
+def _ones_if_none(w: Any, n: int) -> Any:
+    return np.ones(n, np.float32) if w is None else w
+
+
+def _rows(array: Any) -> int:
+    return int(np.shape(array)[0])
+
+
+def _check_fixed_batch(specs: tuple[TensorSpec, ...], x: dict[str, Any], where: str) -> None:
+    for spec in specs:
+        fixed = spec.shape[0] if spec.shape else None
+        rows = _rows(x[spec.name])
+        if fixed is not None and rows != fixed:
+            msg = (
+                f"At {where}: model input '{spec.name}' has a fixed batch size of {fixed} "
+                f"(keras.Input(batch_size=...), as stateful RNNs need), but the generator yielded {rows} rows. "
+                f"Expected exactly {fixed} rows in every batch: drop the last partial batch, or make the data a "
+                f"multiple of {fixed}."
+            )
+            raise StructureError(msg)
+
+
+def _class_weights(class_weight: Mapping[Any, Any] | None, structure: ModelStructure | None) -> dict[str, ClassWeights]:
+    if class_weight is None:
+        return {}
+    if structure is None:
+        msg = (
+            "class_weight needs the model, to know which output each weight belongs to. "
+            "Pass model= (or call .check(model)) before training."
+        )
+        raise StructureError(msg)
+    if not isinstance(class_weight, Mapping) or not class_weight:
+        msg = f"class_weight must be a non-empty dict. Received {class_weight!r:.80}."
+        raise StructureError(msg)
+    names = structure.output_names
+    if all(isinstance(v, Mapping) for v in class_weight.values()):
+        unknown = [k for k in class_weight if k not in names]
+        if unknown:
+            msg = f"class_weight names output(s) {unknown} that the model does not have. Expected keys from {names}."
+            raise StructureError(msg)
+        mapping = dict(class_weight)
+    elif len(names) == 1:
+        mapping = {names[0]: class_weight}
+    else:
+        msg = (
+            f"The model has {len(names)} outputs {names}, so class_weight must be given per output: "
+            f"{{output_name: {{class_id: weight}}}}. Received {dict(class_weight)!r:.100}. "
+            "(Keras 2 silently ignored a flat class_weight here.)"
+        )
+        raise StructureError(msg)
+    return {name: ClassWeights(cw, name=f"class_weight[{name!r}]") for name, cw in mapping.items()}

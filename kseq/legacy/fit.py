@@ -1,0 +1,311 @@
+"""``fit_generator``, ``evaluate_generator``, ``predict_generator``: Keras 2 calls, run on Keras 3.
+
+Every Keras 2 argument is honoured or refused with the replacement; see each
+function's Args. The choices that differ from a plain ``model.fit(generator)``:
+
+* A generator is wrapped in a :class:`~kseq.legacy.GeneratorDataset` (yields read
+  as Keras 2 read them, batches trained in the generator's order, reads locked so
+  ``workers > 1`` threads are safe). ``use_multiprocessing=True`` is refused for a
+  generator: a generator lives in one process, and Keras 2's forked copies each
+  replayed the same data. It is honoured for a ``Sequence``, which any process can
+  index (:class:`~kseq.legacy.SequenceAdapter`).
+* ``class_weight`` is applied per batch, vectorised, per output by name, and
+  multiplied with yielded sample weights (tf.keras 2), where Keras 3 refuses
+  both together and fails on multi-output models.
+* A stateful model refuses what would reorder its batches: ``workers > 1`` on a
+  generator, ``shuffle=True`` on a Sequence.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from kseq.errors import StructureError
+from kseq.legacy.batches import BatchNormaliser
+from kseq.legacy.generator import GeneratorDataset, check_steps, is_stateful
+from kseq.legacy.sequence import SequenceAdapter
+from kseq.structure import ModelStructure
+
+__all__ = ["evaluate_generator", "fit_generator", "predict_generator"]
+
+# Keras 1 spellings, still in old tutorials, and what replaced them.
+KERAS1 = {
+    "samples_per_epoch": "steps_per_epoch (batches, not samples: samples_per_epoch // batch_size)",
+    "nb_epoch": "epochs",
+    "nb_val_samples": "validation_steps (batches, not samples: nb_val_samples // batch_size)",
+    "nb_worker": "workers",
+    "pickle_safe": "use_multiprocessing",
+    "val_samples": "steps (batches, not samples)",
+}
+
+
+def fit_generator(
+    model: Any,
+    generator: Any,
+    steps_per_epoch: int | None = None,
+    epochs: int = 1,
+    verbose: int | str = 1,
+    callbacks: list | None = None,
+    validation_data: Any = None,
+    validation_steps: int | None = None,
+    validation_freq: int | list[int] = 1,
+    class_weight: Mapping[Any, Any] | None = None,
+    max_queue_size: int = 10,
+    workers: int = 1,
+    use_multiprocessing: bool = False,
+    shuffle: bool = True,
+    initial_epoch: int = 0,
+    **legacy: Any,
+) -> Any:
+    """Keras 2's ``model.fit_generator(...)`` on Keras 3: ``fit_generator(model, ...)`` returns the History.
+
+    Args:
+        model: a compiled Keras 3 model.
+        generator: a generator yielding ``(x, y[, sample_weight])``, a function
+            returning a new generator each epoch, a ``keras.utils.Sequence`` (or any
+            object with ``__getitem__``/``__len__``), or a kseq dataset.
+        steps_per_epoch: batches per epoch; required for a generator. For a
+            Sequence, at most ``len(sequence)`` (default: all of it).
+        epochs, verbose, callbacks, validation_freq, initial_epoch: passed to ``fit``.
+        validation_data: a generator, function or Sequence like ``generator``, or
+            arrays ``(x, y[, sample_weight])`` with x a list in model order or a dict.
+        validation_steps: batches per validation run; required for a validation
+            generator. For arrays, at most that many batches of the training batch size.
+        class_weight: ``{class_id: weight}``, or ``{output_name: {class_id: weight}}``
+            for several outputs; multiplied with yielded sample weights.
+        max_queue_size, workers, use_multiprocessing: read batches with threads
+            (``workers > 1``) or, for a Sequence only, processes; see the module note.
+        shuffle: shuffle the batch order of a Sequence every epoch. As in Keras 2,
+            it does not apply to a generator, whose batches keep their order.
+
+    Returns:
+        The ``keras.callbacks.History`` of ``model.fit``.
+
+    Raises:
+        StructureError: an argument Keras 3 cannot honour here, a batch that does not
+            fit the model, or a generator that ends early (naming the epoch and step).
+        TypeError: a Keras 1 argument (``nb_epoch``, ``samples_per_epoch``, ...),
+            naming its replacement.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+        >>> model = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+        >>> model.compile("sgd", "mse")
+        >>> def batches():
+        ...     while True:
+        ...         yield [np.zeros((8, 3)), np.ones((8, 5))], np.ones((8, 1))
+        >>> history = fit_generator(model, batches(), steps_per_epoch=4, epochs=2, verbose=0)
+        >>> len(history.history["loss"])
+        2
+    """
+    _refuse_keras1(legacy, "fit_generator")
+    train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
+                            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    sequence = not isinstance(train, GeneratorDataset)
+    if shuffle and sequence and is_stateful(model):
+        msg = (
+            f"Model {model.name!r} has stateful layers, which need the batches in order, but shuffle=True "
+            "reorders a Sequence's batches every epoch. Expected shuffle=False."
+        )
+        raise StructureError(msg)
+    if isinstance(train, GeneratorDataset):
+        train.set_epoch(initial_epoch)
+    fit_args: dict[str, Any] = {}
+    datasets = [train]
+    if validation_data is not None:
+        val, fit_args["validation_data"], val_steps = _validation(
+            model, validation_data, validation_steps,
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if val_steps is not None:
+            fit_args["validation_steps"] = val_steps
+        if val is None:
+            fit_args["validation_batch_size"] = _batch_size(train)
+        else:
+            datasets.append(val)
+        fit_args["validation_freq"] = validation_freq
+    elif validation_steps is not None:
+        _warn("validation_steps has no effect without validation_data", stacklevel=2)
+    return _run(datasets, model.fit, train, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                shuffle=bool(shuffle) and sequence, initial_epoch=initial_epoch, steps_per_epoch=steps, **fit_args)
+
+
+def evaluate_generator(
+    model: Any,
+    generator: Any,
+    steps: int | None = None,
+    callbacks: list | None = None,
+    max_queue_size: int = 10,
+    workers: int = 1,
+    use_multiprocessing: bool = False,
+    verbose: int | str = 0,
+    **legacy: Any,
+) -> Any:
+    """Keras 2's ``model.evaluate_generator(...)``: the loss (and metrics), as ``model.evaluate`` returns them.
+
+    Arguments as for :func:`fit_generator`; ``steps`` is required for a generator.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> x = keras.Input((2,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(1, kernel_initializer="zeros")(x))
+        >>> model.compile("sgd", "mse")
+        >>> def batches():
+        ...     while True:
+        ...         yield np.ones((4, 2)), np.full((4, 1), 3.0)
+        >>> float(evaluate_generator(model, batches(), steps=3))
+        9.0
+    """
+    _refuse_keras1(legacy, "evaluate_generator")
+    data, steps = _dataset(model, generator, steps, "steps", workers=workers,
+                           use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    return _run([data], model.evaluate, data, steps=steps, callbacks=callbacks, verbose=verbose)
+
+
+def predict_generator(
+    model: Any,
+    generator: Any,
+    steps: int | None = None,
+    callbacks: list | None = None,
+    max_queue_size: int = 10,
+    workers: int = 1,
+    use_multiprocessing: bool = False,
+    verbose: int | str = 0,
+    **legacy: Any,
+) -> Any:
+    """Keras 2's ``model.predict_generator(...)``: predictions in the generator's order.
+
+    A yield is read as Keras 2 read it here: the first element of a 2- or 3-tuple,
+    or else the whole yield as x (so a list is the model's inputs). Other arguments
+    as for :func:`fit_generator`; ``steps`` is required for a generator.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> x = keras.Input((2,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(1, kernel_initializer="ones")(x))
+        >>> def batches():
+        ...     for i in range(3):
+        ...         yield np.full((2, 2), i), None  # (x, y) with y unused
+        >>> predict_generator(model, batches(), steps=3).ravel().tolist()
+        [0.0, 0.0, 2.0, 2.0, 4.0, 4.0]
+    """
+    _refuse_keras1(legacy, "predict_generator")
+    data, steps = _dataset(model, generator, steps, "steps", x_only=True, workers=workers,
+                           use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    return _run([data], model.predict, data, steps=steps, callbacks=callbacks, verbose=verbose)
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers: int, use_multiprocessing: bool,
+             max_queue_size: int, class_weight: Mapping[Any, Any] | None = None,
+             x_only: bool = False) -> tuple[GeneratorDataset | SequenceAdapter, int | None]:
+    """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length)."""
+    if workers <= 1 and not use_multiprocessing and max_queue_size != 10:
+        _warn(f"max_queue_size={max_queue_size} has no effect with workers={workers}: Keras 3 reads batches "
+              "inline (tf.data prefetches on TensorFlow). Pass workers > 1 to read ahead into a queue", stacklevel=3)
+    options = {"model": model, "class_weight": class_weight, "x_only": x_only, "workers": workers,
+               "use_multiprocessing": use_multiprocessing, "max_queue_size": max_queue_size}
+    if isinstance(data, (GeneratorDataset, SequenceAdapter)):
+        return _prepared(model, data, steps, argument, options)
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        adapter = SequenceAdapter(data, **options)
+        return adapter, _sequence_steps(steps, len(adapter), argument)
+    if hasattr(data, "__next__") or callable(data):
+        if steps is None:
+            msg = (
+                f"A generator has no length: pass {argument}=<batches per epoch>. Keras 2 required it too "
+                f"(for a keras.utils.Sequence, {argument} defaults to len(sequence))."
+            )
+            raise StructureError(msg)
+        return GeneratorDataset(data, check_steps(steps, argument), **options), None
+    msg = (
+        f"Expected a generator, a function returning one, or a keras.utils.Sequence. Received "
+        f"{type(data).__name__}. For arrays, call model.fit(x, y) directly."
+    )
+    raise StructureError(msg)
+
+
+def _prepared(model: Any, data: GeneratorDataset | SequenceAdapter, steps: int | None, argument: str,
+              options: dict[str, Any]) -> tuple[GeneratorDataset | SequenceAdapter, int | None]:
+    """A dataset built by the caller: its own reading options stand, and other ones are refused."""
+    defaults = {"class_weight": None, "workers": 1, "use_multiprocessing": False, "max_queue_size": 10}
+    changed = sorted(k for k, default in defaults.items() if options[k] != default)
+    if changed:
+        name = type(data).__name__
+        msg = f"{name} was built with its own reading options, so {changed} given here would be ignored. " \
+              f"Pass them to {name}(...) instead."
+        raise StructureError(msg)
+    data.check(model, verbose=False)
+    if isinstance(data, GeneratorDataset):
+        if steps is not None and check_steps(steps, argument) != len(data):
+            msg = f"{argument}={steps} differs from the GeneratorDataset's steps_per_epoch={len(data)}. Pass one."
+            raise StructureError(msg)
+        return data, None
+    return data, _sequence_steps(steps, len(data), argument)
+
+
+def _sequence_steps(steps: int | None, length: int, argument: str) -> int | None:
+    if steps is None:
+        return None
+    steps = check_steps(steps, argument)
+    if steps > length:
+        msg = (
+            f"{argument}={steps} is more than the {length} batches of this Sequence; Keras 3 stops an epoch at "
+            f"the end of a Sequence instead of starting it again. Expected {argument} <= {length} (or None)."
+        )
+        raise StructureError(msg)
+    return None if steps == length else steps
+
+
+def _validation(model: Any, data: Any, steps: int | None,
+                **options: Any) -> tuple[GeneratorDataset | SequenceAdapter | None, Any, int | None]:
+    """(the dataset, or None for arrays; what to pass as validation_data; the validation_steps to pass)."""
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        normaliser = BatchNormaliser(ModelStructure.of(model))
+        arrays = normaliser(data, where="validation_data")
+        return None, arrays, None if steps is None else check_steps(steps, "validation_steps")
+    if steps is None and not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        msg = (
+            "A validation generator has no length: pass validation_steps=<batches per validation run>. "
+            "Keras 2 required it too."
+        )
+        raise StructureError(msg)
+    dataset, val_steps = _dataset(model, data, steps, "validation_steps", **options)
+    return dataset, dataset, val_steps
+
+
+def _batch_size(dataset: GeneratorDataset | SequenceAdapter) -> int:
+    """Rows in the first training batch: Keras 2 evaluated validation arrays in the training batch size."""
+    x = dataset.get_batch(0)[0]
+    return int(next(iter(x.values())).shape[0])
+
+
+def _run(datasets: list, method: Any, data: Any, **kwargs: Any) -> Any:
+    """Call ``method(data, ...)``; if Keras wrapped a dataset's own error, raise that one, with Keras's as cause."""
+    kwargs = {k: v for k, v in kwargs.items() if not (k in ("steps", "steps_per_epoch") and v is None)}
+    try:
+        return method(data, **kwargs)
+    except Exception as e:
+        for dataset in datasets:
+            own = getattr(dataset, "last_error", None)
+            if own is not None and own is not e:
+                dataset.last_error = None
+                raise own from e
+        raise
+
+
+def _refuse_keras1(legacy: dict[str, Any], function: str) -> None:
+    for name in legacy:
+        if name in KERAS1:
+            msg = f"{function}() got the Keras 1 argument {name}=. Use {KERAS1[name]} instead."
+        else:
+            msg = f"{function}() got an unexpected keyword argument {name!r}."
+        raise TypeError(msg)
+
+
+def _warn(message: str, *, stacklevel: int) -> None:
+    warnings.warn(message + ".", UserWarning, stacklevel=stacklevel + 1)

@@ -1,0 +1,228 @@
+"""GeneratorDataset: a Python generator (Keras 2 ``fit_generator`` style) as a Keras 3 PyDataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from kseq.errors import StructureError
+from kseq.legacy.batches import BatchNormaliser
+from kseq.legacy.stream import Stream
+from kseq.structure import ModelStructure
+from kseq.validation import CheckReport, check_batch
+
+__all__ = ["GeneratorDataset", "is_stateful"]
+
+REPLAY = 2  # batches a window may take and give back; see NOTE [ generator windows ]
+
+
+class GeneratorDataset(keras.utils.PyDataset):
+    """A generator, or a function returning one, as a PyDataset of ``steps_per_epoch`` batches.
+
+    Yields are read as Keras 2 read them (see NOTE [ legacy yields ] in
+    :mod:`kseq.legacy.batches`): ``(x, y[, sample_weight])``; x a list in the order
+    of ``model.inputs`` or a dict by input name; targets a list or a dict by output
+    layer name, even for a model built from lists or one tensor. With ``model=``
+    (or after :meth:`check`) every batch is checked against the model and put in
+    its structure, and an error names the epoch and step it came from.
+
+    A generator is read on, across epochs, as ``fit_generator`` did: it must yield
+    ``steps_per_epoch`` x ``epochs`` batches. A function is called again at the
+    start of every epoch, so each epoch reads a new generator. Reads are serialised
+    by a lock, so ``workers > 1`` threads are safe with any generator; no yield is
+    lost or repeated by Keras's signature and build passes (NOTE [ generator
+    windows ] in :mod:`kseq.legacy.stream`). With ``fit(shuffle=False)`` (what
+    ``fit_generator`` passes) batches are trained in the generator's order, with
+    threads too; Keras's default ``shuffle=True`` mixes them within an epoch.
+
+    Args:
+        generator: a generator (any iterator), or a function returning a new one.
+        steps_per_epoch: batches per epoch.
+        model: the Keras model; checks the first batch now and adapts every batch.
+        class_weight: ``{class_id: weight}`` or ``{output_name: {class_id: weight}}``,
+            multiplied into the sample weights (needs ``model``).
+        x_only: read yields as ``predict_generator`` did (targets dropped).
+        workers: threads that read batches (``> 1``: Keras's thread pool).
+        use_multiprocessing: refused; a generator cannot be shared across processes.
+        max_queue_size: as for ``keras.utils.PyDataset``.
+
+    Raises:
+        StructureError: at construction, for ``use_multiprocessing=True``, a bad
+            ``steps_per_epoch``, or a first batch that does not fit ``model``; when
+            read, for a generator that ends early (naming the epoch and step) or
+            a batch that does not fit.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+        >>> h = keras.layers.Concatenate()([a, b])
+        >>> model = keras.Model([a, b], keras.layers.Dense(1, name="score")(h))
+        >>> def batches():
+        ...     while True:
+        ...         yield {"b": np.ones((4, 5)), "a": np.zeros((4, 3))}, {"score": np.ones(4)}
+        >>> ds = GeneratorDataset(batches(), steps_per_epoch=10, model=model)
+        >>> x, y = ds[0]
+        >>> [v.shape for v in x], y.shape
+        ([(4, 3), (4, 5)], (4,))
+    """
+
+    def __init__(
+        self,
+        generator: Iterator[Any] | Callable[[], Iterator[Any]],
+        steps_per_epoch: int,
+        *,
+        model: Any = None,
+        class_weight: Mapping[Any, Any] | None = None,
+        x_only: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        if use_multiprocessing:
+            msg = (
+                "A Python generator cannot be shared with worker processes: each process would read its own "
+                "copy and repeat the data (Keras 2 warned about this). Expected use_multiprocessing=False. "
+                "Use workers=N threads (reads are locked, any generator is safe), or turn the data into a "
+                "keras.utils.Sequence or a kseq.Dataset, which any process can index."
+            )
+            raise StructureError(msg)
+        if not (callable(generator) or hasattr(generator, "__next__")):
+            msg = (
+                f"Expected a generator, or a function returning one. Received {type(generator).__name__}. "
+                "For a keras.utils.Sequence use kseq.legacy.SequenceAdapter."
+            )
+            raise StructureError(msg)
+        super().__init__(workers=_check_count(workers, "workers", 0), use_multiprocessing=False,
+                         max_queue_size=_check_count(max_queue_size, "max_queue_size", 1))
+        steps = check_steps(steps_per_epoch, "steps_per_epoch")
+        threads = workers > 1
+        self._stream = Stream(generator, steps=steps, replay=0 if threads else REPLAY, slack=workers if threads else 0)
+        self._class_weight = class_weight
+        self._x_only = bool(x_only)
+        if class_weight is not None and model is None:
+            msg = "class_weight needs model=, to know which output each weight belongs to. Pass model=model."
+            raise StructureError(msg)
+        self._normaliser = BatchNormaliser(None, x_only=x_only)
+        # The last exception raised while reading a batch: Keras may wrap it in its own on the way out.
+        self.last_error: BaseException | None = None
+        if model is not None:
+            self.check(model, verbose=False)
+
+    # -- the PyDataset protocol --------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._stream.steps
+
+    def __getitem__(self, index: int) -> tuple:
+        named = self.get_batch(index)
+        try:
+            return self._normaliser.adapt(named)
+        except Exception as e:
+            self.last_error = e
+            raise
+
+    def on_epoch_begin(self) -> None:
+        self._stream.begin()
+
+    def on_epoch_end(self) -> None:
+        self._stream.end()
+
+    # -- kseq API ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed (Keras's build and signature passes do not count)."""
+        return self._stream.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Number epochs from ``epoch`` in messages (for ``fit(initial_epoch=...)``)."""
+        self._stream.set_epoch(epoch)
+
+    def get_batch(self, index: int, epoch: int | None = None) -> tuple:
+        """Batch ``index`` named by model input/output, not adapted; see NOTE [ generator windows ]."""
+        if epoch is not None and int(epoch) != self.epoch:
+            msg = (
+                f"A generator can only give batches of the epoch it is in (epoch {self.epoch}). "
+                f"Received epoch={epoch}. For random access by epoch, use a kseq.Dataset."
+            )
+            raise StructureError(msg)
+        if isinstance(index, bool) or not 0 <= int(index) < len(self):
+            msg = f"Batch index {index!r} is out of range: this dataset has {len(self)} batches (steps_per_epoch)."
+            raise IndexError(msg)
+        try:
+            where, raw = self._stream.take(int(index))
+            return self._normaliser.name(raw, where=where)
+        except Exception as e:
+            self.last_error = e
+            raise
+
+    def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
+        """Check the first batch against ``model`` and put every batch in its structure from now on.
+
+        Unlike ``kseq.check(model, ds)``, this names list yields by the model's
+        inputs before checking them. The batch read is kept for the first epoch.
+        """
+        structure = ModelStructure.of(model)
+        if self.workers > 1 and is_stateful(model):
+            msg = (
+                f"Model {model.name!r} has stateful layers, which need the batches in order, but threads "
+                f"(workers={self.workers}) read a generator in whatever order they get to it. Expected workers=1."
+            )
+            raise StructureError(msg)
+        self._stream.replay = 0 if self.workers > 1 else max(REPLAY, int(getattr(model, "steps_per_execution", 1)))
+        self.set_structure(structure)
+        report = check_batch(structure, self.get_batch(0))
+        if verbose and report.adaptations:
+            print(report)  # noqa: T201 - the user asked to be told
+        return report
+
+    def set_structure(self, structure: ModelStructure | None) -> None:
+        """Name and adapt batches for ``structure`` from now on (``None``: as yielded)."""
+        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+
+    def __reduce__(self) -> Any:
+        msg = (
+            "A GeneratorDataset holds a live Python generator, which cannot be pickled or sent to worker "
+            "processes. Use threads (workers=N), or a kseq.Dataset / keras.utils.Sequence for processes."
+        )
+        raise TypeError(msg)
+
+    def __repr__(self) -> str:
+        kind = "factory" if self._stream.factory is not None else "generator"
+        return (
+            f"GeneratorDataset({kind}, steps_per_epoch={len(self)}, epoch={self.epoch}, "
+            f"batches read={self._stream.total}, workers={self.workers})"
+        )
+
+
+def is_stateful(model: Any) -> bool:
+    """Whether any layer of ``model``, nested models and wrappers included, keeps state between batches."""
+    for layer in getattr(model, "layers", []):
+        if getattr(layer, "stateful", False):
+            return True
+        inner = [getattr(layer, "layer", None), getattr(layer, "forward_layer", None)]
+        if any(getattr(w, "stateful", False) for w in inner) or (hasattr(layer, "layers") and is_stateful(layer)):
+            return True
+    return False
+
+
+def check_steps(steps: object, argument: str) -> int:
+    """A positive whole number of batches (``np.ceil(n / b)`` is accepted), or a StructureError that says so."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float, np.integer, np.floating)) or steps < 1:
+        whole = False
+    else:
+        whole = float(steps).is_integer()
+    if not whole:
+        msg = f"{argument} must be a positive whole number of batches. Received {argument}={steps!r}."
+        raise StructureError(msg)
+    return int(steps)  # type: ignore[arg-type]
+
+
+def _check_count(value: object, argument: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"{argument} must be an integer >= {minimum}. Received {argument}={value!r}."
+        raise StructureError(msg)
+    return int(value)

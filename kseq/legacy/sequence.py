@@ -1,0 +1,121 @@
+"""SequenceAdapter: a Keras 2 ``Sequence`` (or anything with ``__getitem__``/``__len__``) as a checked PyDataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+
+from kseq.errors import StructureError
+from kseq.legacy.batches import BatchNormaliser
+from kseq.structure import ModelStructure
+from kseq.validation import CheckReport, check_batch
+
+__all__ = ["SequenceAdapter"]
+
+
+class SequenceAdapter(keras.utils.PyDataset):
+    """Wrap an indexable batch source so Keras 3 reads its batches as Keras 2 did.
+
+    ``sequence[i]`` is read like a generator's yield (NOTE [ legacy yields ] in
+    :mod:`kseq.legacy.batches`): list inputs in model order, targets by output
+    layer name. ``workers``, ``use_multiprocessing`` and ``max_queue_size`` are the
+    adapter's, so a legacy ``Sequence`` that never called ``super().__init__`` can run
+    in worker processes. ``sequence.on_epoch_end()`` is called after each epoch, and
+    not for the extra ``on_epoch_end`` Keras 3 sends before the first one (on JAX an
+    unbuilt model's build pass still counts as one).
+
+    Args:
+        sequence: a ``keras.utils.Sequence`` / ``PyDataset``, or any object with
+            ``__getitem__(i)`` and ``__len__()`` (and optionally ``on_epoch_end``).
+        model: the Keras model; checks batch 0 now and adapts every batch.
+        class_weight: as for :class:`~kseq.legacy.GeneratorDataset`.
+        x_only: read batches as ``predict_generator`` did (targets dropped).
+        workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``.
+
+    Example:
+        >>> import numpy as np
+        >>> class Pairs:  # a Keras 2 style Sequence, duck-typed
+        ...     def __len__(self):
+        ...         return 3
+        ...     def __getitem__(self, i):
+        ...         return [np.full((2, 1), i), np.zeros((2, 4))], np.ones(2)
+        >>> ds = SequenceAdapter(Pairs())
+        >>> x, y = ds[2]
+        >>> x[0].ravel().tolist(), len(ds)
+        ([2, 2], 3)
+    """
+
+    def __init__(
+        self,
+        sequence: Any,
+        *,
+        model: Any = None,
+        class_weight: Mapping[Any, Any] | None = None,
+        x_only: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        if not (hasattr(sequence, "__getitem__") and hasattr(sequence, "__len__")):
+            msg = (
+                f"Expected a keras.utils.Sequence, or an object with __getitem__ and __len__. Received "
+                f"{type(sequence).__name__}. For a generator use kseq.legacy.GeneratorDataset."
+            )
+            raise StructureError(msg)
+        if len(sequence) < 1:
+            msg = f"The sequence {type(sequence).__name__} has no batches (len() == 0)."
+            raise StructureError(msg)
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        self.sequence = sequence
+        self._class_weight = class_weight
+        self._x_only = bool(x_only)
+        if class_weight is not None and model is None:
+            msg = "class_weight needs model=, to know which output each weight belongs to. Pass model=model."
+            raise StructureError(msg)
+        self._normaliser = BatchNormaliser(None, x_only=x_only)
+        self._in_epoch = False
+        if model is not None:
+            self.check(model, verbose=False)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self._normaliser.adapt(self.get_batch(index))
+
+    def on_epoch_begin(self) -> None:
+        self._in_epoch = True
+        if callable(getattr(self.sequence, "on_epoch_begin", None)):
+            self.sequence.on_epoch_begin()
+
+    def on_epoch_end(self) -> None:
+        if not self._in_epoch:
+            return  # Keras 3's reset before the first epoch: Keras 2 sent no such call
+        self._in_epoch = False
+        if callable(getattr(self.sequence, "on_epoch_end", None)):
+            self.sequence.on_epoch_end()
+
+    def get_batch(self, index: int, epoch: int | None = None) -> tuple:
+        """``sequence[index]`` named by model input/output, not adapted (``epoch`` must be ``None``)."""
+        if epoch is not None:
+            msg = f"A Sequence gives the batches of its current state only. Received epoch={epoch}; pass None."
+            raise StructureError(msg)
+        return self._normaliser.name(self.sequence[index], where=f"batch {index} of {type(self.sequence).__name__}")
+
+    def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
+        """Check batch 0 against ``model`` and put every batch in its structure from now on."""
+        structure = ModelStructure.of(model)
+        self.set_structure(structure)
+        report = check_batch(structure, self.get_batch(0))
+        if verbose and report.adaptations:
+            print(report)  # noqa: T201 - the user asked to be told
+        return report
+
+    def set_structure(self, structure: ModelStructure | None) -> None:
+        """Name and adapt batches for ``structure`` from now on (``None``: as returned)."""
+        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+
+    def __repr__(self) -> str:
+        return f"SequenceAdapter({type(self.sequence).__name__}, {len(self)} batches, workers={self.workers})"

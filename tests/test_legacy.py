@@ -1,0 +1,538 @@
+"""kseq.legacy: Keras 2 generator code (fit_generator, Sequence, yields) running on Keras 3."""
+
+import os
+import pickle
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+import pytest
+from conftest import concat_model
+
+from kseq.errors import StructureError
+from kseq.legacy import (
+    BatchNormaliser,
+    GeneratorDataset,
+    SequenceAdapter,
+    evaluate_generator,
+    fit_generator,
+    predict_generator,
+)
+from kseq.legacy.stream import Stream
+from kseq.structure import ModelStructure
+
+# -- models and data -----------------------------------------------------------------
+
+
+def two_input_model(outputs=("score",), *, zeros=False, lr=0.01):
+    """Inputs a (3,) and b (5,), so a swapped input fails; heads 'score' (1) and optionally 'aux' (2)."""
+    a = keras.Input((3,), name="a")
+    b = keras.Input((5,), name="b")
+    h = keras.layers.Concatenate()([a, keras.layers.Dense(4, name="mix")(b)])
+    init = "zeros" if zeros else "glorot_uniform"
+    widths = {"score": 1, "aux": 2, "decoder_output": 1}
+    heads = [keras.layers.Dense(widths[n], name=n, kernel_initializer=init)(h) for n in outputs]
+    model = keras.Model([a, b], heads if len(heads) > 1 else heads[0])
+    model.compile(keras.optimizers.SGD(lr), ["mse"] * len(heads) if len(heads) > 1 else "mse")
+    return model
+
+
+def arrays(seed, n=8):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, 3)).astype("float32")
+    b = rng.normal(size=(n, 5)).astype("float32")
+    return a, b, (a.sum(axis=1, keepdims=True) - b[:, :1]).astype("float32")
+
+
+def forever(make_batch):
+    """A Keras 2 style generator: `while True`, counting its yields in .count."""
+
+    def generator():
+        step = 0
+        while True:
+            counter.count += 1
+            yield make_batch(step)
+            step += 1
+
+    counter = type("Counter", (), {"count": 0})()
+    return generator(), counter
+
+
+def finite(n, make_batch):
+    def generator():
+        for step in range(n):
+            yield make_batch(step)
+
+    return generator
+
+
+# -- reading yields --------------------------------------------------------------------
+
+
+@pytest.mark.portable
+class TestBatchNormaliser:
+    def structure(self, outputs=("score", "aux")):
+        return ModelStructure.of(two_input_model(outputs))
+
+    def test_list_x_follows_model_input_order(self):
+        a, b, y = arrays(0)
+        x, _ = BatchNormaliser(self.structure(("score",)))(([a, b], y))
+        assert [v.shape for v in x] == [(8, 3), (8, 5)]
+
+    def test_dict_targets_are_matched_by_output_name(self):
+        a, b, y = arrays(0)
+        aux = np.ones((8, 2), "float32")
+        _, targets = BatchNormaliser(self.structure())(({"b": b, "a": a}, {"aux": aux, "score": y}))
+        assert targets[0] is y
+        assert targets[1] is aux
+
+    def test_list_of_wrong_length_names_inputs_and_step(self):
+        a, b, y = arrays(0)
+        with pytest.raises(StructureError) as e:
+            BatchNormaliser(self.structure())(([a, b, b], y), where="epoch 1, step 3 of 5")
+        assert str(e.value).startswith("At epoch 1, step 3 of 5: x is a list of 3 arrays")
+        assert "the model has 2 inputs ['a', 'b']" in str(e.value)
+
+    def test_missing_x_key_says_which(self):
+        a, b, y = arrays(0)
+        with pytest.raises(StructureError, match=r"no key for model input\(s\) \['b'\]"):
+            BatchNormaliser(self.structure(("score",)))(({"a": a, "bee": b}, y))
+
+    def test_extra_x_key_is_refused(self):
+        """keras#23258: an extra key can route the wrong array; Keras 3 accepts it silently."""
+        a, b, y = arrays(0)
+        with pytest.raises(StructureError, match=r"key\(s\) \['ab'\] that the model does not take"):
+            BatchNormaliser(self.structure(("score",)))(({"a": a, "ab": b, "b": b}, y))
+
+    def test_swapped_inputs_fail_on_shape(self):
+        a, b, y = arrays(0)
+        with pytest.raises(StructureError, match="input 'a': expected shape"):
+            BatchNormaliser(self.structure(("score",)))(({"a": b, "b": a}, y))
+
+    def test_lone_dict_is_refused_with_keras2_message(self):
+        a, b, _ = arrays(0)
+        with pytest.raises(StructureError, match=r"Expected a tuple \(x, y\) or \(x, y, sample_weight\)"):
+            BatchNormaliser(self.structure())({"a": a, "b": b})
+
+    def test_list_yield_of_two_is_x_and_y(self):
+        a, b, y = arrays(0)
+        x, target = BatchNormaliser(self.structure(("score",)))([[a, b], y])
+        assert x[1] is b
+        assert target is y
+
+    def test_x_only_reads_a_list_as_inputs(self):
+        a, b, y = arrays(0)
+        norm = BatchNormaliser(self.structure(("score",)), x_only=True)
+        assert [v.shape for v in norm([a, b])[0]] == [(8, 3), (8, 5)]
+        assert len(norm(([a, b], y))) == 1
+
+    def test_sample_weight_list_fills_none_with_ones(self):
+        a, b, y = arrays(0)
+        _, _, weights = BatchNormaliser(self.structure())(([a, b], [y, np.ones((8, 2))], [np.zeros(8), None]))
+        assert weights[0].tolist() == [0.0] * 8
+        assert weights[1].tolist() == [1.0] * 8
+
+    def test_class_weight_multiplies_sample_weight(self):
+        a, b, _ = arrays(0)
+        labels = np.array([1, 1, 0, 0, 1, 0, 0, 0])
+        norm = BatchNormaliser(self.structure(("score",)), class_weight={0: 1.0, 1: 3.0})
+        _, _, w = norm(([a, b], labels, np.full(8, 2.0)))
+        assert w.tolist() == [6.0, 6.0, 2.0, 2.0, 6.0, 2.0, 2.0, 2.0]
+
+    def test_flat_class_weight_for_two_outputs_is_refused(self):
+        with pytest.raises(StructureError, match=r"must be given per output: \{output_name"):
+            BatchNormaliser(self.structure(), class_weight={0: 1.0, 1: 2.0})
+
+    def test_class_missing_from_class_weight_names_the_step(self):
+        a, b, _ = arrays(0)
+        norm = BatchNormaliser(self.structure(("score",)), class_weight={0: 1.0})
+        with pytest.raises(StructureError, match=r"At step 7: class_weight has no weight for class\(es\) \[2\]"):
+            norm(([a, b], np.full(8, 2)), where="step 7")
+
+
+# -- the stream behind GeneratorDataset ------------------------------------------------
+
+
+@pytest.mark.portable
+class TestStream:
+    def test_signature_probe_loses_no_yield(self):
+        """TF's probe asks for 0 and 1 outside the epoch; the epoch then gets every yield once, in order."""
+        s = Stream(iter(range(100)), steps=4)
+        assert [s.take(0)[1], s.take(1)[1]] == [0, 1]
+        s.end()  # Keras's reset before the first epoch
+        s.begin()
+        assert [s.take(i)[1] for i in range(4)] == [0, 1, 2, 3]
+        s.end()
+        s.begin()
+        assert [s.take(i)[1] for i in range(4)] == [4, 5, 6, 7]
+
+    def test_build_pass_gives_its_batch_back(self):
+        """JAX opens a window, takes one batch to build the model, and closes it."""
+        s = Stream(iter(range(100)), steps=4)
+        s.begin()
+        assert s.take(2)[1] == 0
+        s.end()
+        s.begin()
+        assert [s.take(i)[1] for i in range(4)] == [0, 1, 2, 3]
+        s.end()
+        assert s.epoch == 1
+
+    def test_shuffled_requests_take_the_next_yield(self):
+        s = Stream(iter(range(100)), steps=6, slack=2)
+        s.begin()
+        assert [s.take(i)[1] for i in (5, 1, 4, 0, 3, 2)] == [0, 1, 2, 3, 4, 5]
+
+    def test_out_of_turn_threads_get_their_own_yield(self):
+        s = Stream(iter(range(100)), steps=6, slack=2)
+        s.begin()
+        assert [(i, s.take(i)[1]) for i in (1, 0, 3, 2, 4, 5)] == [(1, 1), (0, 0), (3, 3), (2, 2), (4, 4), (5, 5)]
+
+    def test_early_thread_requests_count_as_served(self):
+        """A thread pool that starts before on_epoch_begin may fetch a whole epoch outside the window."""
+        s = Stream(iter(range(100)), steps=3, replay=0, slack=2)
+        assert [s.take(i)[1] for i in range(3)] == [0, 1, 2]
+        s.begin()
+        s.end()
+        s.begin()
+        assert [s.take(i)[1] for i in range(3)] == [3, 4, 5]
+
+    def test_factory_restarts_every_epoch(self):
+        s = Stream(lambda: iter("abcdef"), steps=2)
+        epochs = []
+        for _ in range(3):
+            s.begin()
+            epochs.append("".join(s.take(i)[1] for i in range(2)))
+            s.end()
+        assert epochs == ["ab", "ab", "ab"]
+
+    def test_plain_generator_carries_on_across_epochs(self):
+        s = Stream(iter("abcdef"), steps=2)
+        epochs = []
+        for _ in range(3):
+            s.begin()
+            epochs.append("".join(s.take(i)[1] for i in range(2)))
+            s.end()
+        assert epochs == ["ab", "cd", "ef"]
+
+    def test_threads_read_an_unsafe_generator_once_each(self):
+        def slow():
+            for i in range(200):
+                time.sleep(0.0002)  # without the lock: "ValueError: generator already executing"
+                yield i
+
+        s = Stream(slow(), steps=200, replay=0, slack=8)
+        order = list(range(200))
+        random.Random(0).shuffle(order)
+        s.begin()
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: s.take(i)[1], order))
+        assert sorted(got) == list(range(200))
+
+
+# -- GeneratorDataset ------------------------------------------------------------------
+
+
+@pytest.mark.portable
+class TestGeneratorDataset:
+    def test_fit_reads_each_yield_once(self):
+        """Keras's signature probe (TF) and build pass (JAX) cost no yield: epochs x steps reads."""
+        model = two_input_model()
+        gen, counter = forever(lambda s: ({"b": arrays(s)[1], "a": arrays(s)[0]}, arrays(s)[2]))
+        ds = GeneratorDataset(gen, 4, model=model)
+        model.fit(ds, epochs=3, verbose=0)
+        assert counter.count == 12
+        assert ds.epoch == 3
+
+    def test_predict_keeps_generator_order_with_threads(self):
+        def rows():
+            for i in range(24):
+                time.sleep(0.001)
+                yield [np.full((2, 3), i, "float32"), np.full((2, 5), -i, "float32")]
+
+        pred = predict_generator(concat_model(), rows(), steps=24, workers=4)
+        assert pred[::2, 0].tolist() == list(range(24))
+        assert pred[::2, 3].tolist() == [-i for i in range(24)]
+
+    def test_plain_generator_ending_early_names_epoch_and_step(self):
+        model = two_input_model()
+        gen = finite(6, lambda s: ([arrays(s)[0], arrays(s)[1]], arrays(s)[2]))()
+        with pytest.raises(StructureError) as e:
+            fit_generator(model, gen, steps_per_epoch=4, epochs=2, verbose=0)
+        assert str(e.value).startswith("The generator ended at epoch 2, step 3 of 4, after 6 batches in all.")
+        assert "`while True:`" in str(e.value)
+
+    def test_factory_ending_early_says_how_many_it_gave(self):
+        model = two_input_model()
+        with pytest.raises(StructureError, match=r"epoch 1, step 4 of 4: .* yielded only 3 batches.*to 3"):
+            fit_generator(model, finite(3, lambda s: ([*arrays(s)[:2]], arrays(s)[2])), steps_per_epoch=4, verbose=0)
+
+    def test_check_names_list_yields_before_comparing(self):
+        a, b, y = arrays(0)
+        ds = GeneratorDataset(lambda: iter([([a, b], y)] * 3), 3)
+        report = ds.check(two_input_model(), verbose=False)
+        assert report.structure.input_names == ["a", "b"]
+        assert sorted(ds.get_batch(0)[0]) == ["a", "b"]
+
+    def test_multiprocessing_is_refused(self):
+        with pytest.raises(StructureError, match="cannot be shared with worker processes"):
+            GeneratorDataset(iter([]), 3, use_multiprocessing=True)
+
+    def test_refuses_to_pickle(self):
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(GeneratorDataset(iter([]), 3))
+
+    @pytest.mark.parametrize("steps", [0, 2.5, "3", None])
+    def test_bad_steps(self, steps):
+        with pytest.raises(StructureError, match="steps_per_epoch must be a positive whole number"):
+            GeneratorDataset(iter([]), steps)
+
+    def test_float_steps_from_ceil_are_accepted(self):
+        assert len(GeneratorDataset(iter([]), np.ceil(10 / 4))) == 3
+
+
+# -- the patterns from Keras 2 tutorials, through a real fit --------------------------
+
+
+@pytest.mark.portable
+class TestFitGenerator:
+    def test_dict_yield_multi_input_trains(self):
+        model = two_input_model(lr=0.05)
+        gen, _ = forever(lambda s: ({"b": arrays(s % 4)[1], "a": arrays(s % 4)[0]}, {"score": arrays(s % 4)[2]}))
+        hist = fit_generator(model, gen, steps_per_epoch=4, epochs=6, verbose=0)
+        assert hist.history["loss"][-1] < 0.7 * hist.history["loss"][0]
+
+    def test_list_yield_multi_input_trains(self):
+        model = two_input_model(lr=0.05)
+        gen, _ = forever(lambda s: ([arrays(s % 4)[0], arrays(s % 4)[1]], arrays(s % 4)[2]))
+        hist = fit_generator(model, gen, steps_per_epoch=4, epochs=6, verbose=0)
+        assert hist.history["loss"][-1] < 0.7 * hist.history["loss"][0]
+
+    @pytest.mark.parametrize("outputs", [("decoder_output",), ("decoder_output", "aux")])
+    def test_dict_targets_reach_a_list_built_model_by_name(self, outputs):
+        """Targets by output layer name, as Keras 2 matched them; losses show which target met which output."""
+        model = two_input_model(outputs, zeros=True, lr=0.0)
+        a, b, _ = arrays(0)
+        y = {"aux": np.full((8, 2), 2.0, "float32"), "decoder_output": np.ones((8, 1), "float32")}
+        y = {name: y[name] for name in sorted(outputs)}
+        gen, _ = forever(lambda s: ({"a": a, "b": b}, y))
+        hist = fit_generator(model, gen, steps_per_epoch=2, verbose=0)
+        assert hist.history["loss"] == [sum({"aux": 4.0, "decoder_output": 1.0}[n] for n in outputs)]
+        if len(outputs) == 2:
+            assert hist.history["decoder_output_loss"] == [1.0]
+
+    def test_three_tuples_keep_sample_weights(self):
+        model = two_input_model(zeros=True, lr=0.0)
+        a, b, _ = arrays(0)
+        weights = np.array([3.0, 3.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], "float32")
+        gen, _ = forever(lambda s: ([a, b], np.ones((8, 1), "float32"), weights))
+        hist = fit_generator(model, gen, steps_per_epoch=2, verbose=0)
+        assert hist.history["loss"] == [1.0]  # sum(w * 1) / 8
+
+    def test_class_weight_is_applied_per_batch(self):
+        model = two_input_model(zeros=True, lr=0.0)
+        a, b, _ = arrays(0)
+        labels = np.array([1, 1, 0, 0, 0, 0, 0, 0], "float32")
+        gen, _ = forever(lambda s: ([a, b], labels))
+        hist = fit_generator(model, gen, steps_per_epoch=2, class_weight={0: 1.0, 1: 3.0}, verbose=0)
+        assert hist.history["loss"] == [0.75]  # (3 + 3) / 8
+
+    def test_validation_generator_matches_evaluate_generator(self):
+        model = two_input_model()
+        train, _ = forever(lambda s: ([*arrays(s)[:2]], arrays(s)[2]))
+        val = finite(2, lambda s: ([*arrays(100 + s)[:2]], arrays(100 + s)[2]))
+        hist = fit_generator(model, train, steps_per_epoch=3, epochs=2, validation_data=val, validation_steps=2,
+                             verbose=0)
+        assert len(hist.history["val_loss"]) == 2
+        assert evaluate_generator(model, val, steps=2) == pytest.approx(hist.history["val_loss"][-1], rel=1e-5)
+
+    def test_validation_arrays_as_list_inputs_and_dict_targets(self):
+        model = two_input_model()
+        a, b, y = arrays(7, n=20)
+        train, _ = forever(lambda s: ([*arrays(s)[:2]], arrays(s)[2]))
+        hist = fit_generator(model, train, steps_per_epoch=3, epochs=2, validation_data=([a, b], {"score": y}),
+                             validation_freq=2, verbose=0)
+        assert len(hist.history["val_loss"]) == 1
+        assert model.evaluate([a, b], y, verbose=0) == pytest.approx(hist.history["val_loss"][0], rel=1e-5)
+
+    def test_stateful_lstm_trains_in_generator_order(self):
+        """Same weights as train_on_batch over the batches in order: none skipped, none reordered."""
+        series = np.sin(np.arange(4 * 4 * 6) / 3.0).astype("float32").reshape(4, 4 * 6)
+
+        def make():
+            inp = keras.Input((6, 1), batch_size=4)
+            out = keras.layers.Dense(1)(keras.layers.LSTM(3, stateful=True)(inp))
+            model = keras.Model(inp, out)
+            model.compile(keras.optimizers.SGD(0.1), "mse")
+            return model
+
+        def batch(step):
+            i = step % 4
+            return series[:, i * 6 : (i + 1) * 6, None], series[:, (i + 1) * 6 - 1, None] * 0.5
+
+        keras.utils.set_random_seed(3)
+        model, expected = make(), make()
+        expected.set_weights(model.get_weights())
+        gen, _ = forever(batch)
+        fit_generator(model, gen, steps_per_epoch=4, epochs=2, verbose=0)
+        for step in range(8):
+            expected.train_on_batch(*batch(step))
+        for got, want in zip(model.get_weights(), expected.get_weights(), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_captioning_batch_generator(self):
+        """The widely copied captioning generator: dict x, dict y {'decoder_output'}, list-built model."""
+        vocab, length, images = 12, 7, np.random.default_rng(0).normal(size=(40, 16)).astype("float32")
+        captions = (np.arange(40)[:, None] * 3 + np.arange(length)[None]) % (vocab - 1) + 1
+
+        def batch_generator(batch_size):
+            rng = np.random.default_rng(1)
+            while True:
+                idx = rng.integers(0, len(images), size=batch_size)
+                tokens = captions[idx]  # padded to one fixed length: see docs/migration.md
+                x_data = {"decoder_input": tokens[:, :-1], "transfer_values_input": images[idx]}
+                y_data = {"decoder_output": tokens[:, 1:]}
+                yield (x_data, y_data)
+
+        transfer = keras.Input((16,), name="transfer_values_input")
+        decoder_input = keras.Input((None,), name="decoder_input", dtype="int32")
+        state = keras.layers.Dense(16, activation="tanh")(transfer)
+        h = keras.layers.GRU(16, return_sequences=True)(keras.layers.Embedding(vocab, 8)(decoder_input),
+                                                       initial_state=state)
+        model = keras.Model([transfer, decoder_input], keras.layers.Dense(vocab, name="decoder_output")(h))
+        model.compile(keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        hist = fit_generator(model, batch_generator(8), steps_per_epoch=5, epochs=4, verbose=0)
+        assert hist.history["loss"][-1] < 0.8 * hist.history["loss"][0]
+
+
+@pytest.mark.portable
+def test_keras3_alone_rejects_dict_targets_for_a_single_output_list_model():
+    """Why the adapter exists: pin the Keras 3.15 failure it works around (TF: 'Expected float32, but got ...')."""
+    model = two_input_model(("decoder_output",))
+    a, b, _ = arrays(0)
+    gen, _ = forever(lambda s: ({"a": a, "b": b}, {"decoder_output": np.ones((8, 1), "float32")}))
+    with pytest.raises((TypeError, ValueError), match="decoder_output"):
+        model.fit(gen, steps_per_epoch=1, shuffle=False, verbose=0)
+
+
+class TestFitGeneratorTF:
+    def test_stateful_short_batch_names_the_step(self):
+        inp = keras.Input((2, 1), batch_size=4)
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.SimpleRNN(2, stateful=True)(inp)))
+        model.compile("sgd", "mse")
+        sizes = [4, 4, 3]
+        gen = finite(3, lambda s: (np.zeros((sizes[s], 2, 1)), np.zeros((sizes[s], 1))))
+        with pytest.raises(StructureError, match=r"At epoch 1, step 3 of 3: model input .* fixed batch size of 4"):
+            fit_generator(model, gen, steps_per_epoch=3, shuffle=False, verbose=0)
+
+
+# -- keras.utils.Sequence ------------------------------------------------------------
+
+
+class LegacySequence(keras.utils.Sequence):
+    """Keras 2 style: no super().__init__(), `[x1, x2], y` batches, state changed in on_epoch_end."""
+
+    def __init__(self, n=4, rows=8):
+        self.n, self.rows, self.epochs_ended, self.asked = n, rows, 0, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.asked.append(i)
+        a, b, y = arrays(i, self.rows)
+        a[:, 0], b[:, 0] = i, os.getpid()
+        return [a, b], y
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
+
+
+class TestSequence:
+    def test_on_epoch_end_once_per_epoch(self):
+        """Keras 3 sends one more on_epoch_end before the first epoch; a Sequence sees exactly `epochs`."""
+        seq = LegacySequence()
+        fit_generator(two_input_model(), seq, epochs=3, verbose=0)
+        assert seq.epochs_ended == 3
+
+    def test_steps_per_epoch_below_len_is_honoured(self):
+        """Keras 3 reads on through the Sequence, as Keras 2 did: epoch 1 gets batches 0-1, epoch 2 gets 2-3."""
+        seq = LegacySequence()
+        hist = fit_generator(two_input_model(), seq, steps_per_epoch=2, epochs=2, shuffle=False, verbose=0)
+        assert len(hist.history["loss"]) == 2
+        assert seq.asked[-4:] == [0, 1, 2, 3]
+
+    def test_steps_per_epoch_above_len_is_refused(self):
+        with pytest.raises(StructureError, match=r"steps_per_epoch=5 is more than the 4 batches"):
+            fit_generator(two_input_model(), LegacySequence(), steps_per_epoch=5)
+
+    def test_processes_read_a_sequence_in_index_order(self):
+        seq = LegacySequence(n=6, rows=2)
+        pred = predict_generator(concat_model(), seq, workers=2, use_multiprocessing=True)
+        assert pred[::2, 0].tolist() == [0, 1, 2, 3, 4, 5]
+        assert os.getpid() not in set(pred[:, 3].astype(int).tolist())  # column 3 is b[:, 0]: the reader's pid
+
+    def test_duck_typed_sequence(self):
+        class Plain:
+            def __len__(self):
+                return 3
+
+            def __getitem__(self, i):
+                return {"a": np.full((2, 3), i, "float32"), "b": np.zeros((2, 5), "float32")}, np.zeros((2, 1))
+
+        pred = predict_generator(concat_model(), Plain())
+        assert pred[::2, 0].tolist() == [0, 1, 2]
+
+    def test_stateful_model_refuses_a_shuffled_sequence(self):
+        inp = keras.Input((2, 1), batch_size=8)
+        model = keras.Model(inp, keras.layers.SimpleRNN(1, stateful=True)(inp))
+        with pytest.raises(StructureError, match="Expected shuffle=False"):
+            fit_generator(model, SequenceAdapter([(np.zeros((8, 2, 1)), np.zeros((8, 1)))]), verbose=0)
+
+
+# -- arguments honoured or refused ---------------------------------------------------
+
+
+@pytest.mark.portable
+class TestArguments:
+    def test_generator_needs_steps_per_epoch(self):
+        with pytest.raises(StructureError, match="A generator has no length: pass steps_per_epoch="):
+            fit_generator(two_input_model(), iter([]))
+
+    def test_validation_generator_needs_validation_steps(self):
+        gen, _ = forever(lambda s: ([*arrays(s)[:2]], arrays(s)[2]))
+        with pytest.raises(StructureError, match="pass validation_steps="):
+            fit_generator(two_input_model(), gen, steps_per_epoch=2, validation_data=iter([]))
+
+    @pytest.mark.parametrize(("name", "replacement"), [("nb_epoch", "epochs"), ("samples_per_epoch", "steps_per_epoch"),
+                                                        ("pickle_safe", "use_multiprocessing")])
+    def test_keras1_arguments_name_their_replacement(self, name, replacement):
+        with pytest.raises(TypeError, match=f"Keras 1 argument {name}=. Use {replacement}"):
+            fit_generator(two_input_model(), iter([]), steps_per_epoch=1, **{name: 1})
+
+    def test_use_multiprocessing_with_a_generator_is_refused(self):
+        with pytest.raises(StructureError, match="cannot be shared with worker processes"):
+            fit_generator(two_input_model(), iter([]), steps_per_epoch=1, use_multiprocessing=True, workers=2)
+
+    def test_threads_with_a_stateful_model_are_refused(self):
+        inp = keras.Input((2, 1), batch_size=4)
+        model = keras.Model(inp, keras.layers.SimpleRNN(1, stateful=True)(inp))
+        gen, _ = forever(lambda s: (np.zeros((4, 2, 1)), np.zeros((4, 1))))
+        with pytest.raises(StructureError, match=r"stateful layers.*Expected workers=1"):
+            fit_generator(model, gen, steps_per_epoch=2, workers=2)
+
+    def test_ineffective_max_queue_size_warns(self):
+        a, b, y = arrays(0)
+        with pytest.warns(UserWarning, match="max_queue_size=50 has no effect with workers=1"):
+            evaluate_generator(two_input_model(), lambda: iter([([a, b], y)]), steps=1, max_queue_size=50)
+
+    def test_a_built_dataset_keeps_its_own_options(self):
+        a, b, y = arrays(0)
+        ds = GeneratorDataset(lambda: iter([([a, b], y)]), 1)
+        with pytest.raises(StructureError, match=r"\['workers'\] given here would be ignored"):
+            fit_generator(two_input_model(), ds, workers=4)
+
+    def test_not_a_generator(self):
+        with pytest.raises(StructureError, match="Expected a generator, a function returning one, or a keras"):
+            fit_generator(two_input_model(), 42, steps_per_epoch=1)

@@ -228,6 +228,19 @@ class TestSampling:
                     for key in ref:
                         np.testing.assert_array_equal(part[key], ref[key])
 
+    @pytest.mark.parametrize("processes", [False, True])
+    def test_workers_give_the_inline_batches(self, corpus, processes):
+        """Widths vary per batch and epoch: threads and processes must agree with get_batch exactly."""
+        with CaptionDataset(*corpus, batch_size=8, seed=5, bucket_by_length=True, workers=2,
+                            use_multiprocessing=processes) as ds:
+            for epoch in range(2):
+                for i in range(len(ds)):
+                    expected = ds.get_batch(i, epoch)
+                    for part, ref in zip(ds[i], expected, strict=True):
+                        for key in ref:
+                            np.testing.assert_array_equal(part[key], ref[key])
+                ds.on_epoch_end()
+
     def test_golden_caption_order(self):
         """Pinned: a change in how captions are drawn changes every user's run."""
         sampler = CaptionSampler(np.repeat(np.arange(5), 2), np.full(10, 4), one_per_image=True, batch_size=5, seed=0)

@@ -157,21 +157,19 @@ class StatefulSequenceDataset(Dataset):
         )
         return self._streams
 
-    @property
-    def fields_read(self) -> list[str]:
-        return list(dict.fromkeys(self.inputs + (self.targets or [])))
-
     def get_batch(self, index: int, epoch: int | None = None) -> tuple:
         """Batch ``index``: ``(x, y, sample_weight)``. Pure: any batch, in any order (unlike ``ds[index]``)."""
         idx = self._streams.indices(self.epoch if epoch is None else int(epoch), _check_index(index, len(self)))
         real = idx >= 0
         x_rows = idx[real]
         y_rows = x_rows + self.target_offset
-        rows = np.unique(np.concatenate([x_rows, y_rows]))
-        data = self.read_rows(rows)
-        x = _place(_features(data, self.inputs), np.searchsorted(rows, x_rows), real)
-        y = _place(_features(data, self.targets or self.inputs), np.searchsorted(rows, y_rows), real)
-        return x, y, real.astype(np.float32)
+        if self.targets is None:  # one read of both: the same fields, mostly the same rows
+            both = _features(self.source.read(np.concatenate([x_rows, y_rows]), self.inputs), self.inputs)
+            x_values, y_values = both[: len(x_rows)], both[len(x_rows) :]
+        else:
+            x_values = _features(self.source.read(x_rows, self.inputs), self.inputs)
+            y_values = _features(self.source.read(y_rows, self.targets), self.targets)
+        return _place(x_values, real), _place(y_values, real), real.astype(np.float32)
 
     def __getitem__(self, index: int) -> tuple:
         if index != 0 and (self._last_served is None or index != self._last_served + 1):
@@ -295,12 +293,16 @@ class _Concatenated:
         idx = check_indices(indices, len(self))
         names = check_fields(fields, self._fields)
         out = {n: np.empty((len(idx), *self._fields[n][0]), dtype=self._fields[n][1]) for n in names}
+        if not len(idx):
+            return out
         owner = np.searchsorted(self._bounds, idx, side="right") - 1
-        for j in np.unique(owner):
-            here = owner == j
-            part = self.sources[j].read(idx[here] - self._bounds[j], names)
+        order = np.argsort(owner, kind="stable")
+        groups = np.flatnonzero(np.diff(owner[order])) + 1
+        for positions in np.split(order, groups):  # one read per source, rows in the order asked
+            j = int(owner[positions[0]])
+            part = self.sources[j].read(idx[positions] - self._bounds[j], names)
             for n in names:
-                out[n][here] = part[n]
+                out[n][positions] = part[n]
         return out
 
 
@@ -439,9 +441,12 @@ def _features(data: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
 
 
-def _place(values: np.ndarray, positions: np.ndarray, real: np.ndarray) -> np.ndarray:
+def _place(values: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Scatter the rows of the real slots (in row-major order) into a zero-padded ``(B, T, ...)`` array."""
+    if real.all():
+        return values.reshape(*real.shape, *values.shape[1:])
     out = np.zeros((*real.shape, *values.shape[1:]), dtype=values.dtype)
-    out[real] = values[positions]
+    out[real] = values
     return out
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import concat_model
 
+from kseq.callbacks import track_states
 from kseq.errors import StructureError
 from kseq.legacy import (
     BatchNormaliser,
@@ -374,12 +375,21 @@ class TestFitGenerator:
         keras.utils.set_random_seed(3)
         model, expected = make(), make()
         expected.set_weights(model.get_weights())
+        track_states(expected)  # fit_generator does this to `model`: state carries on JAX too
         gen, _ = forever(batch)
         fit_generator(model, gen, steps_per_epoch=4, epochs=2, verbose=0)
         for step in range(8):
             expected.train_on_batch(*batch(step))
         for got, want in zip(model.get_weights(), expected.get_weights(), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_stateful_state_carries_from_batch_to_batch(self):
+        """As in Keras 2: the same batch twice gives two predictions when the layer keeps state (JAX too)."""
+        inp = keras.Input((2, 1), batch_size=1)
+        rnn = keras.layers.SimpleRNN(1, stateful=True, kernel_initializer="ones", recurrent_initializer="ones")
+        model = keras.Model(inp, rnn(inp))
+        pred = predict_generator(model, iter([np.ones((1, 2, 1), "float32")] * 2), steps=2)
+        assert pred[1, 0] > pred[0, 0] + 0.01
 
     def test_captioning_batch_generator(self):
         """The widely copied captioning generator: dict x, dict y {'decoder_output'}, list-built model."""
@@ -417,6 +427,17 @@ def test_keras3_alone_rejects_dict_targets_for_a_single_output_list_model():
 
 
 class TestFitGeneratorTF:
+    def test_batch_wider_than_the_signature_says_why(self):
+        """Keras fixes the sequence length from batches 0 and 1 on TF: a later, longer batch fails, explained."""
+        tokens = keras.Input((None,), dtype="int32")
+        pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(tokens))
+        model = keras.Model(tokens, keras.layers.Dense(1)(pooled))
+        model.compile("sgd", "mse")
+        widths = [5, 5, 7]
+        gen = finite(3, lambda s: (np.ones((4, widths[s]), "int32"), np.ones((4, 1))))
+        with pytest.raises(StructureError, match=r"A batch of shape \(4, 7\) does not fit the shape \(None, 5\)"):
+            fit_generator(model, gen, steps_per_epoch=3, verbose=0)
+
     def test_stateful_short_batch_names_the_step(self):
         inp = keras.Input((2, 1), batch_size=4)
         model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.SimpleRNN(2, stateful=True)(inp)))

@@ -18,17 +18,22 @@ function's Args. The choices that differ from a plain ``model.fit(generator)``:
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from kseq.callbacks import stateful_layers, track_states
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
-from kseq.legacy.generator import GeneratorDataset, check_steps, is_stateful
+from kseq.legacy.generator import GeneratorDataset, check_steps
 from kseq.legacy.sequence import SequenceAdapter
 from kseq.structure import ModelStructure
 
 __all__ = ["evaluate_generator", "fit_generator", "predict_generator"]
+
+# What tf.data says when a batch does not fit the signature Keras built from batches 0 and 1.
+SIGNATURE_TRAP = re.compile(r"yielded an element of shape (\(.*?\)) where an element of shape (\(.*?\)) was expected")
 
 # Keras 1 spellings, still in old tutorials, and what replaced them.
 KERAS1 = {
@@ -102,10 +107,11 @@ def fit_generator(
         2
     """
     _refuse_keras1(legacy, "fit_generator")
+    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
                             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     sequence = not isinstance(train, GeneratorDataset)
-    if shuffle and sequence and is_stateful(model):
+    if shuffle and sequence and stateful_layers(model):
         msg = (
             f"Model {model.name!r} has stateful layers, which need the batches in order, but shuffle=True "
             "reorders a Sequence's batches every epoch. Expected shuffle=False."
@@ -159,6 +165,7 @@ def evaluate_generator(
         9.0
     """
     _refuse_keras1(legacy, "evaluate_generator")
+    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     data, steps = _dataset(model, generator, steps, "steps", workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     return _run([data], model.evaluate, data, steps=steps, callbacks=callbacks, verbose=verbose)
@@ -192,6 +199,7 @@ def predict_generator(
         [0.0, 0.0, 2.0, 2.0, 4.0, 4.0]
     """
     _refuse_keras1(legacy, "predict_generator")
+    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     data, steps = _dataset(model, generator, steps, "steps", x_only=True, workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     return _run([data], model.predict, data, steps=steps, callbacks=callbacks, verbose=verbose)
@@ -295,6 +303,16 @@ def _run(datasets: list, method: Any, data: Any, **kwargs: Any) -> Any:
             if own is not None and own is not e:
                 dataset.last_error = None
                 raise own from e
+        shapes = SIGNATURE_TRAP.search(str(e))
+        if shapes:
+            msg = (
+                f"A batch of shape {shapes[1]} does not fit the shape {shapes[2]} that Keras 3 fixed for it on "
+                "TensorFlow: Keras reads only batches 0 and 1 to build its tf.data signature, and fixes every "
+                "dimension in which those two agree. Expected every batch to have the same length: pad to one "
+                "length (pad_sequences(..., maxlen=N)), or use kseq.CaptionDataset, which varies widths safely. "
+                "See docs/migration.md."
+            )
+            raise StructureError(msg) from e
         raise
 
 

@@ -8,13 +8,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
 from kseq.legacy.stream import Stream
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check_batch
 
-__all__ = ["GeneratorDataset", "is_stateful"]
+__all__ = ["GeneratorDataset", "check_steps"]
 
 REPLAY = 2  # batches a window may take and give back; see NOTE [ generator windows ]
 
@@ -166,7 +167,7 @@ class GeneratorDataset(keras.utils.PyDataset):
         inputs before checking them. The batch read is kept for the first epoch.
         """
         structure = ModelStructure.of(model)
-        if self.workers > 1 and is_stateful(model):
+        if self.workers > 1 and stateful_layers(model):
             msg = (
                 f"Model {model.name!r} has stateful layers, which need the batches in order, but threads "
                 f"(workers={self.workers}) read a generator in whatever order they get to it. Expected workers=1."
@@ -196,17 +197,6 @@ class GeneratorDataset(keras.utils.PyDataset):
             f"GeneratorDataset({kind}, steps_per_epoch={len(self)}, epoch={self.epoch}, "
             f"batches read={self._stream.total}, workers={self.workers})"
         )
-
-
-def is_stateful(model: Any) -> bool:
-    """Whether any layer of ``model``, nested models and wrappers included, keeps state between batches."""
-    for layer in getattr(model, "layers", []):
-        if getattr(layer, "stateful", False):
-            return True
-        inner = [getattr(layer, "layer", None), getattr(layer, "forward_layer", None)]
-        if any(getattr(w, "stateful", False) for w in inner) or (hasattr(layer, "layers") and is_stateful(layer)):
-            return True
-    return False
 
 
 def check_steps(steps: object, argument: str) -> int:

@@ -216,17 +216,19 @@ class TestBatches:
             for a, b in zip(from_files.get_batch(k), in_memory.get_batch(k), strict=True):
                 np.testing.assert_array_equal(a, b)
 
-    @pytest.mark.parametrize("use_multiprocessing", [False, True], ids=["threads", "processes"])
-    def test_worker_pools_serve_the_inline_batches_in_order(self, use_multiprocessing):
-        series = coded([17, 9, 5])
-        inline = StatefulSequenceDataset(series, batch_size=2, timesteps=3)
-        with StatefulSequenceDataset(series, batch_size=2, timesteps=3, workers=2,
-                                     use_multiprocessing=use_multiprocessing) as pooled:
-            for k in range(len(inline)):
-                for a, b in zip(pooled[k], inline.get_batch(k), strict=True):
-                    np.testing.assert_array_equal(a, b)
-            with pytest.raises(StructureError, match="shuffle=False"):
-                pooled[2]
+
+@pytest.mark.parametrize("use_multiprocessing", [False, True], ids=["threads", "processes"])
+def test_worker_pools_serve_the_inline_batches_in_order(use_multiprocessing):
+    """kseq's pool computes batches ahead; __getitem__ still serves, and checks, Keras' order."""
+    series = coded([17, 9, 5])
+    inline = StatefulSequenceDataset(series, batch_size=2, timesteps=3)
+    with StatefulSequenceDataset(series, batch_size=2, timesteps=3, workers=2,
+                                 use_multiprocessing=use_multiprocessing) as pooled:
+        for k in range(len(inline)):
+            for a, b in zip(pooled[k], inline.get_batch(k), strict=True):
+                np.testing.assert_array_equal(a, b)
+        with pytest.raises(StructureError, match="shuffle=False"):
+            pooled[2]
 
 
 @pytest.mark.portable

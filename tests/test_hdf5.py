@@ -66,14 +66,36 @@ def block_dataset(source, **kwargs):
 class TestReadPaths:
     def test_contiguous_fields_are_memory_mapped(self, tmp_path, arrays):
         src = HDF5Source(write(tmp_path / "c.h5", arrays))
-        assert {name: lay.reader for name, lay in src.layouts.items()} == dict.fromkeys(arrays, "memmap")
+        assert src.readers == dict.fromkeys(arrays, "memmap")
+        assert {lay.reader for lay in src.layouts.values()} == {"direct"}
         assert src.block_size is None
 
-    @pytest.mark.parametrize("layout", ["chunked", "gzip"])
-    def test_chunked_and_compressed_fields_are_read_in_blocks(self, tmp_path, arrays, layout):
-        src = HDF5Source(write(tmp_path / "k.h5", arrays, **LAYOUTS[layout]))
-        assert {lay.reader for lay in src.layouts.values()} == {"blocks"}
+    def test_fields_beyond_the_resident_budget_are_read_with_pread(self, tmp_path, arrays, rng):
+        """With room to map only the two small fields, x (24 kB) is read with preadv, in any order."""
+        src = HDF5Source(write(tmp_path / "c.h5", arrays), resident_mb=0.015)
+        assert src.readers == {"x": "pread", "id": "memmap", "label": "memmap"}
+        for idx in (rng.integers(0, N, 300), np.arange(100, 400), np.array([5, 5, 6, 7, 4, 999, 0])):
+            np.testing.assert_array_equal(src.read(idx)["x"], arrays["x"][idx])
+
+    def test_uncompressed_chunks_of_whole_rows_are_read_directly(self, tmp_path, arrays):
+        """Each chunk's byte offset is known, so rows are gathered from the map like a contiguous field."""
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, chunks=True))
+        assert src.readers == dict.fromkeys(arrays, "memmap")
+        assert src.block_size is None
+        assert src.layouts["x"].chunk_offsets.shape == (N // 50,)
+
+    def test_compressed_fields_are_read_in_blocks(self, tmp_path, arrays):
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, compression="gzip"))
+        assert set(src.readers.values()) == {lay.reader for lay in src.layouts.values()} == {"blocks"}
         assert src.block_size == 50
+
+    def test_partly_written_chunks_are_read_in_blocks(self, tmp_path):
+        """Unallocated chunks have no offset: the field falls back to HDF5 reads, which give the fill value."""
+        with h5py.File(tmp_path / "p.h5", "w") as f:
+            f.create_dataset("x", shape=(100,), chunks=(10,), dtype="int32")[:10] = np.arange(1, 11)
+        src = HDF5Source(tmp_path / "p.h5")
+        assert src.readers == {"x": "blocks"}
+        assert src.read([50, 9, 0])["x"].tolist() == [0, 10, 1]
 
     def test_rows_come_back_in_the_order_asked(self, layout_file, arrays, rng):
         """Any order, repeats included, across many chunks: the same rows as numpy indexing."""
@@ -101,9 +123,10 @@ class TestReadPaths:
 
     def test_big_endian_data_is_returned_in_native_order(self, tmp_path, arrays):
         path = write(tmp_path / "be.h5", {"x": arrays["x"].astype(">f4")})
-        out = HDF5Source(path).read([3, 1])["x"]
-        assert out.dtype == np.dtype("float32")
-        np.testing.assert_array_equal(out, arrays["x"][[3, 1]])
+        for budget in (1024, 0.001):  # memmap, pread
+            out = HDF5Source(path, resident_mb=budget).read([3, 1])["x"]
+            assert out.dtype == np.dtype("float32")
+            np.testing.assert_array_equal(out, arrays["x"][[3, 1]])
 
     def test_never_written_dataset_reads_its_fill_value(self, tmp_path):
         """A dataset with no storage allocated has no offset: it is read through h5py and gives zeros."""
@@ -134,14 +157,14 @@ class TestReadPaths:
         with h5py.File(path, "a") as f:
             f.create_dataset("g/b", data=arrays["id"], chunks=(100,), compression="gzip", compression_opts=3)
         found = {d.name: (d.layout, d.chunks, d.compression, d.reader) for d in describe(path)}
-        assert found == {"a": ("contiguous", None, None, "memmap"), "g/b": ("chunked", (100,), "gzip(3)", "blocks")}
+        assert found == {"a": ("contiguous", None, None, "direct"), "g/b": ("chunked", (100,), "gzip(3)", "blocks")}
 
 
 @pytest.mark.portable
 class TestChunkCache:
     def test_the_cache_never_exceeds_its_bound(self, tmp_path, arrays, rng):
         """An exact shuffle over a file 5x larger than the cache still reads right, holding at most the bound."""
-        path = write(tmp_path / "k.h5", {"x": arrays["x"]}, chunks=True)  # 50 rows x 24 B = 1200 B per block
+        path = write(tmp_path / "k.h5", {"x": arrays["x"]}, compression="gzip")  # 50 rows x 24 B: 1200 B a block
         src = HDF5Source(path, cache_mb=6000 / 2**20)
         for _ in range(5):
             idx = rng.permutation(N)[:200]
@@ -153,7 +176,7 @@ class TestChunkCache:
     def test_block_shuffle_reads_each_chunk_once_per_epoch(self, tmp_path, arrays):
         """20 chunks, a cache of 4 blocks: an epoch reads each block at most once (all 20 in the first;
         one still cached from the epoch before may be spared)."""
-        path = write(tmp_path / "k.h5", arrays, chunks=True)
+        path = write(tmp_path / "k.h5", arrays, compression="gzip")
         src = HDF5Source(path, cache_mb=4 * 50 * (24 + 8 + 4) / 2**20)
         sampler = BlockShuffleSampler.for_source(src, batch_size=32, seed=3, window=2)
         for epoch in range(3):
@@ -206,7 +229,7 @@ class TestBlockShuffleSampler:
             BlockShuffleSampler.for_source(src, batch_size=8, seed=0)
 
     def test_refuses_a_window_larger_than_the_cache(self, tmp_path, arrays):
-        src = HDF5Source(write(tmp_path / "k.h5", arrays, chunks=True), cache_mb=0.01)
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, compression="gzip"), cache_mb=0.01)
         with pytest.raises(StructureError, match=r"Lower window=, or raise cache_mb="):
             BlockShuffleSampler.for_source(src, batch_size=8, seed=0, window=64)
 
@@ -240,10 +263,11 @@ class TestDatasets:
 
 @pytest.mark.portable
 class TestProcesses:
-    @pytest.mark.parametrize("layout", ["contiguous", "gzip"])
-    def test_pickle_drops_the_handles(self, tmp_path, arrays, layout):
-        """After reads opened a map and an h5py file, the source still pickles (small) and reads the same."""
-        src = HDF5Source(write(tmp_path / "p.h5", arrays, **LAYOUTS[layout]))
+    @pytest.mark.parametrize(("layout", "budget"), [("contiguous", 1024), ("contiguous", 0.001), ("gzip", 1024)])
+    def test_pickle_drops_the_handles(self, tmp_path, arrays, layout, budget):
+        """After reads opened a map, a descriptor or an h5py file, the source still pickles (small) and reads
+        the same."""
+        src = HDF5Source(write(tmp_path / "p.h5", arrays, **LAYOUTS[layout]), resident_mb=budget)
         before = src.read([7, 3, 900])
         blob = pickle.dumps(src)
         assert len(blob) < 5000
@@ -251,11 +275,14 @@ class TestProcesses:
         for name, values in again.read([7, 3, 900]).items():
             np.testing.assert_array_equal(values, before[name])
 
-    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-    def test_reads_in_worker_processes(self, tmp_path, arrays, monkeypatch, method):
-        """Workers started by fork (inheriting open handles), spawn or forkserver read the right rows."""
+    @pytest.mark.parametrize(("method", "layout"), [("fork", "gzip"), ("fork", "chunked"), ("spawn", "gzip"),
+                                                    ("spawn", "chunked"), ("forkserver", "gzip")])
+    def test_reads_in_worker_processes(self, tmp_path, arrays, monkeypatch, method, layout):
+        """Workers started by fork (inheriting open handles), spawn or forkserver read the right rows, through
+        HDF5 (gzip) or preadv at recorded chunk offsets (uncompressed chunks beyond the resident budget)."""
         monkeypatch.setenv("KERAS_BACKEND", "numpy")  # children import keras; keep that cheap
-        src = HDF5Source(write(tmp_path / "w.h5", arrays, chunks=True))
+        src = HDF5Source(write(tmp_path / "w.h5", arrays, **LAYOUTS[layout]), resident_mb=0.001)
+        assert set(src.readers.values()) == ({"blocks"} if layout == "gzip" else {"pread"})
         src.read([0, 1])  # the parent holds open handles when it forks
         batches = [np.arange(i, N, 7) for i in range(4)]
         with multiprocessing.get_context(method).Pool(2) as pool:
@@ -293,9 +320,10 @@ FIT_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_fit_with_worker_processes_matches_inline_training(tmp_path, arrays, method):
-    """`fit(workers=2, use_multiprocessing=True)` over an HDF5 file trains exactly as inline reading does."""
+    """`fit(workers=2, use_multiprocessing=True)` over a compressed HDF5 file (an h5py handle per process)
+    trains exactly as inline reading does."""
     y = (arrays["x"] @ np.arange(6, dtype="float32")).astype("float32")
-    path = write(tmp_path / "fit.h5", {"x": arrays["x"], "y": y}, chunks=True)
+    path = write(tmp_path / "fit.h5", {"x": arrays["x"], "y": y}, compression="gzip")
     script = tmp_path / "fit_script.py"
     script.write_text(FIT_SCRIPT)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}

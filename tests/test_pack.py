@@ -35,7 +35,7 @@ class TestLayout:
         src = pack(tmp_path / "a.h5", arrays, progress=False)
         assert isinstance(src, HDF5Source)
         assert {lay.layout for lay in src.layouts.values()} == {"contiguous"}
-        assert {lay.reader for lay in src.layouts.values()} == {"memmap"}
+        assert set(src.readers.values()) == {"memmap"}
         assert_same(src, arrays)
 
     def test_compression_makes_chunks_of_whole_rows_with_one_row_count(self, tmp_path, arrays):

@@ -1,0 +1,188 @@
+"""HDF5 read paths: a shuffled epoch of 100k x 1024 float32 rows, batch 256, page cache warm.
+
+Baselines measured in the same run, on the same data:
+
+* in-RAM numpy fancy indexing (what kseq's contiguous path should match: target >= 0.85x);
+* naive per-row h5py reads, ``np.stack([dset[i] for i in batch])`` (target >= 5x);
+* h5py contiguous slices ``dset[s : s + 256]`` at shuffled chunk-aligned starts: the fastest way
+  to read a file, with batch-level shuffling only. kseq's block shuffle on a chunked file is
+  compared with it on the contiguous file and on the same chunked file (target >= 0.7x).
+
+And a memory check: one training epoch (``fit``) from a file several times larger than the
+process may keep (2 GiB; 256 MiB with --quick) must grow peak RSS by less than 300 MB. It runs in
+a fresh process (``python -m benchmarks.bench_hdf5 --memory FILE``), with the file in /tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from benchmarks.common import Result, rate
+from kseq.datasets import MultiInputDataset
+from kseq.samplers.block import BlockShuffleSampler
+from kseq.sources.hdf5 import HDF5Source
+from kseq.sources.pack import pack
+
+SUITE = "hdf5"
+BATCH = 256
+WIDTH = 1024
+
+
+def run(quick: bool) -> list[Result]:
+    n = 20_000 if quick else 100_000
+    timing = {"min_time": 0.3, "repeats": 2} if quick else {"min_time": 1.0, "repeats": 3}
+    folder = Path(tempfile.mkdtemp(prefix="kseq-bench-hdf5-", dir="/tmp"))
+    try:
+        results = _reads(folder, n, timing)
+        results += _memory(folder, (256 if quick else 2048) << 20)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
+    rng = np.random.default_rng(0)
+    x = rng.random((n, WIDTH), dtype=np.float32)
+    contiguous = pack(folder / "contiguous.h5", {"x": x}, progress=False)
+    chunked = pack(folder / "chunked.h5", {"x": x}, chunks=BATCH, progress=False)  # 1 MiB chunks
+    pread = HDF5Source(contiguous.path, resident_mb=0.001)  # what a file larger than resident_mb gets
+    if (contiguous.readers, pread.readers) != ({"x": "memmap"}, {"x": "pread"}):
+        raise RuntimeError(f"unexpected read paths {contiguous.readers} {pread.readers}")
+    order = rng.permutation(n)
+    batches = [order[i : i + BATCH] for i in range(0, n - BATCH + 1, BATCH)]
+    starts = rng.permutation(n // BATCH) * BATCH
+    with h5py.File(contiguous.path) as fc, h5py.File(chunked.path) as fk:
+        dc, dk = fc["x"], fk["x"]
+        naive = batches[:20]
+        rates = {
+            "numpy in RAM, fancy index": _epoch(lambda b: x[b], batches, timing),
+            "kseq HDF5Source, contiguous (memmap)": _epoch(lambda b: contiguous.read(b), batches, timing),
+            "kseq HDF5Source, contiguous (pread)": _epoch(lambda b: pread.read(b), batches, timing),
+            "h5py per-row reads (naive)": _epoch(lambda b: np.stack([dc[i] for i in b]), naive, timing),
+            "h5py slices, contiguous file": _epoch(lambda s: dc[s : s + BATCH], starts, timing),
+            "h5py slices, chunked file": _epoch(lambda s: dk[s : s + BATCH], starts, timing),
+            "kseq chunked file, block shuffle": _block_epochs(chunked, timing),
+            "kseq chunked file, exact shuffle": _epoch(lambda b: chunked.read(b), batches[:40], timing),
+        }
+    rows = [Result(SUITE, name, value) for name, value in rates.items() if not name.startswith("kseq")]
+    kseq = ("kseq HDF5Source, contiguous (memmap)", rates["kseq HDF5Source, contiguous (memmap)"])
+    pread_rate = ("kseq HDF5Source, contiguous (pread)", rates["kseq HDF5Source, contiguous (pread)"])
+    block = ("kseq chunked file, block shuffle", rates["kseq chunked file, block shuffle"])
+    compare = [
+        (kseq, "numpy in RAM, fancy index", ">= 0.85x"),
+        (kseq, "h5py per-row reads (naive)", ">= 5x"),
+        (pread_rate, "numpy in RAM, fancy index", None),
+        (pread_rate, "h5py per-row reads (naive)", None),
+        (block, "h5py slices, contiguous file", ">= 0.7x"),
+        (block, "h5py slices, chunked file", ">= 0.7x"),
+    ]
+    rows += [
+        Result(SUITE, name, value, "batches/s", base, value / rates[base], target)
+        for (name, value), base, target in compare
+    ]
+    exact = "kseq chunked file, exact shuffle"
+    return [*rows, Result(SUITE, exact, rates[exact], baseline="h5py slices, chunked file",
+                          ratio=rates[exact] / rates["h5py slices, chunked file"])]
+
+
+def _epoch(read: Callable[[object], object], batches: list, timing: dict) -> float:
+    def epoch() -> None:
+        for b in batches:
+            read(b)
+
+    return rate(epoch, count=len(batches), **timing)
+
+
+def _block_epochs(src: HDF5Source, timing: dict) -> float:
+    """Batches of successive epochs in order: each call is one whole epoch with a fresh block order."""
+    sampler = BlockShuffleSampler.for_source(src, batch_size=BATCH, seed=0, drop_remainder=True)
+    epochs = iter(range(10**6))
+
+    def epoch() -> None:
+        e = next(epochs)
+        for b in range(len(sampler)):
+            src.read(sampler.indices(e, b))
+
+    return rate(epoch, count=len(sampler), **timing)
+
+
+# -- memory check ---------------------------------------------------------------------------------
+
+
+def _memory(folder: Path, nbytes: int) -> list[Result]:
+    free = shutil.disk_usage(folder).free
+    if free < 3 * nbytes:
+        print(f"hdf5: memory check skipped: {free >> 20} MiB free in {folder}, need {3 * nbytes >> 20} MiB")
+        return []
+    rows = nbytes // (WIDTH * 4)
+    path = folder / "big.h5"
+    rng = np.random.default_rng(1)
+    step = 16384
+    stream = ({"x": rng.random((min(step, rows - s), WIDTH), dtype=np.float32),
+               "y": rng.random(min(step, rows - s), dtype=np.float32)} for s in range(0, rows, step))
+    pack(path, stream, length=rows, progress=False)
+    size = path.stat().st_size
+    label = f"fit 1 epoch, {size / 1e9:.2f} GB file"
+    results = []
+    for name, resident in (("kseq default", "1024"), ("whole file mapped", "1000000")):
+        report = _child(path, resident)
+        name = f"{name} ({report['reader']})"
+        results.append(Result(SUITE, f"{label}: peak RSS growth, {name}", report["growth_mb"], "MB",
+                              target="< 300 MB" if name.startswith("kseq") else None))
+        results.append(Result(SUITE, f"{label}: training rate, {name}", report["batches_per_s"]))
+    path.unlink()
+    return results
+
+
+def _child(path: Path, resident_mb: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "benchmarks.bench_hdf5", "--memory", str(path), "--resident-mb", resident_mb]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=1800,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _train_one_epoch(path: str, resident_mb: float) -> dict:
+    """In a fresh process: train one epoch from ``path`` and report the peak RSS growth."""
+    src = HDF5Source(path, resident_mb=resident_mb)
+    ds = MultiInputDataset(src, inputs="x", targets="y", batch_size=BATCH, seed=0)
+    model = keras.Sequential([keras.Input((WIDTH,), name="x"), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    warm = {"x": np.zeros((2 * BATCH, WIDTH), np.float32), "y": np.zeros(2 * BATCH, np.float32)}
+    model.fit(MultiInputDataset(warm, inputs="x", targets="y", batch_size=BATCH), verbose=0)  # build and trace
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status_mb("VmRSS")
+    start = time.perf_counter()
+    model.fit(ds, epochs=1, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    peak = _status_mb("VmHWM")
+    return {"rows": len(src), "reader": src.readers["x"], "before_mb": before, "peak_mb": peak,
+            "growth_mb": peak - before, "batches_per_s": len(ds) / seconds}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--memory", required=True)
+    parser.add_argument("--resident-mb", type=float, default=1024)
+    args = parser.parse_args()
+    print(json.dumps(_train_one_epoch(args.memory, args.resident_mb)))

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -274,6 +275,16 @@ class TestProcesses:
         again = pickle.loads(blob)
         for name, values in again.read([7, 3, 900]).items():
             np.testing.assert_array_equal(values, before[name])
+
+    @pytest.mark.parametrize(("layout", "budget"), [("gzip", 1024), ("contiguous", 1024), ("chunked", 0.001)])
+    def test_threads_read_one_source_at_once(self, tmp_path, arrays, layout, budget):
+        """Four threads (what `fit(workers=4)` without processes uses) share one source and its small cache."""
+        src = HDF5Source(write(tmp_path / "t.h5", arrays, **LAYOUTS[layout]), resident_mb=budget, cache_mb=0.002)
+        batches = [np.random.default_rng(i).permutation(N)[:100] for i in range(40)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda b: src.read(b, ["x"])["x"], batches))
+        for b, out in zip(batches, results, strict=True):
+            np.testing.assert_array_equal(out, arrays["x"][b])
 
     @pytest.mark.parametrize(("method", "layout"), [("fork", "gzip"), ("fork", "chunked"), ("spawn", "gzip"),
                                                     ("spawn", "chunked"), ("forkserver", "gzip")])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import concat_model
 
+from kseq import MultiInputDataset
 from kseq.callbacks import track_states
 from kseq.errors import StructureError
 from kseq.legacy import (
@@ -429,6 +430,13 @@ def test_keras3_alone_rejects_dict_targets_for_a_single_output_list_model():
 
 
 class TestFitGeneratorTF:
+    def test_keras3_alone_rejects_list_inputs_in_a_generator(self):
+        """Pin the second Keras 3.15 (TF) failure docs/migration.md lists: `[x1, x2], y` yields."""
+        a, b, y = arrays(0)
+        gen, _ = forever(lambda s: ([a, b], y))
+        with pytest.raises(TypeError, match="found <class 'list'>"):
+            two_input_model().fit(gen, steps_per_epoch=1, shuffle=False, verbose=0)
+
     def test_batch_wider_than_the_signature_says_why(self):
         """Keras fixes the sequence length from batches 0 and 1 on TF: a later, longer batch fails, explained."""
         tokens = keras.Input((None,), dtype="int32")
@@ -512,6 +520,19 @@ class TestSequence:
         model = keras.Model(inp, keras.layers.SimpleRNN(1, stateful=True)(inp))
         with pytest.raises(StructureError, match="Expected shuffle=False"):
             fit_generator(model, SequenceAdapter([(np.zeros((8, 2, 1)), np.zeros((8, 1)))]), verbose=0)
+
+
+@pytest.mark.portable
+def test_a_kseq_dataset_trains_as_it_is():
+    """A kseq dataset keeps its own sampling and workers; fit_generator checks it and hands it to fit."""
+    a, b, y = arrays(0, n=32)
+    ds = MultiInputDataset({"a": a, "b": b, "y": y}, inputs=["a", "b"], targets={"score": "y"}, batch_size=8, seed=0)
+    val = MultiInputDataset({"a": a, "b": b, "y": y}, inputs=["a", "b"], targets={"score": "y"}, batch_size=8,
+                            shuffle=False)
+    hist = fit_generator(two_input_model(), ds, epochs=2, validation_data=val, verbose=0)
+    assert len(hist.history["val_loss"]) == 2
+    with pytest.raises(StructureError, match=r"\['class_weight'\] given here would be ignored"):
+        fit_generator(two_input_model(), ds, class_weight={0: 1.0})
 
 
 # -- arguments honoured or refused ---------------------------------------------------

@@ -23,7 +23,11 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import keras
+import numpy as np
+
 from kseq.callbacks import stateful_layers, track_states
+from kseq.datasets import Dataset
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
 from kseq.legacy.generator import GeneratorDataset, check_steps
@@ -82,6 +86,7 @@ def fit_generator(
             for several outputs; multiplied with yielded sample weights.
         max_queue_size, workers, use_multiprocessing: read batches with threads
             (``workers > 1``) or, for a Sequence only, processes; see the module note.
+            Threads cannot read a generator faster (it yields one batch at a time).
         shuffle: shuffle the batch order of a Sequence every epoch. As in Keras 2,
             it does not apply to a generator, whose batches keep their order.
 
@@ -107,7 +112,6 @@ def fit_generator(
         2
     """
     _refuse_keras1(legacy, "fit_generator")
-    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
                             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     sequence = not isinstance(train, GeneratorDataset)
@@ -119,6 +123,7 @@ def fit_generator(
         raise StructureError(msg)
     if isinstance(train, GeneratorDataset):
         train.set_epoch(initial_epoch)
+    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     fit_args: dict[str, Any] = {}
     datasets = [train]
     if validation_data is not None:
@@ -165,9 +170,9 @@ def evaluate_generator(
         9.0
     """
     _refuse_keras1(legacy, "evaluate_generator")
-    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     data, steps = _dataset(model, generator, steps, "steps", workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    track_states(model)
     return _run([data], model.evaluate, data, steps=steps, callbacks=callbacks, verbose=verbose)
 
 
@@ -199,9 +204,9 @@ def predict_generator(
         [0.0, 0.0, 2.0, 2.0, 4.0, 4.0]
     """
     _refuse_keras1(legacy, "predict_generator")
-    track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
     data, steps = _dataset(model, generator, steps, "steps", x_only=True, workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+    track_states(model)
     return _run([data], model.predict, data, steps=steps, callbacks=callbacks, verbose=verbose)
 
 
@@ -210,14 +215,14 @@ def predict_generator(
 
 def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers: int, use_multiprocessing: bool,
              max_queue_size: int, class_weight: Mapping[Any, Any] | None = None,
-             x_only: bool = False) -> tuple[GeneratorDataset | SequenceAdapter, int | None]:
+             x_only: bool = False) -> tuple[Any, int | None]:
     """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length)."""
     if workers <= 1 and not use_multiprocessing and max_queue_size != 10:
         _warn(f"max_queue_size={max_queue_size} has no effect with workers={workers}: Keras 3 reads batches "
               "inline (tf.data prefetches on TensorFlow). Pass workers > 1 to read ahead into a queue", stacklevel=3)
     options = {"model": model, "class_weight": class_weight, "x_only": x_only, "workers": workers,
                "use_multiprocessing": use_multiprocessing, "max_queue_size": max_queue_size}
-    if isinstance(data, (GeneratorDataset, SequenceAdapter)):
+    if isinstance(data, (GeneratorDataset, SequenceAdapter, Dataset)):
         return _prepared(model, data, steps, argument, options)
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         adapter = SequenceAdapter(data, **options)
@@ -237,15 +242,16 @@ def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers
     raise StructureError(msg)
 
 
-def _prepared(model: Any, data: GeneratorDataset | SequenceAdapter, steps: int | None, argument: str,
-              options: dict[str, Any]) -> tuple[GeneratorDataset | SequenceAdapter, int | None]:
-    """A dataset built by the caller: its own reading options stand, and other ones are refused."""
+def _prepared(model: Any, data: Any, steps: int | None, argument: str, options: dict) -> tuple[Any, int | None]:
+    """A dataset built by the caller (kseq's, or a legacy adapter): its own reading options stand."""
     defaults = {"class_weight": None, "workers": 1, "use_multiprocessing": False, "max_queue_size": 10}
     changed = sorted(k for k, default in defaults.items() if options[k] != default)
     if changed:
         name = type(data).__name__
-        msg = f"{name} was built with its own reading options, so {changed} given here would be ignored. " \
-              f"Pass them to {name}(...) instead."
+        msg = (
+            f"{name} was built with its own reading options, so {changed} given here would be ignored. "
+            f"Pass them to {name}(...) instead."
+        )
         raise StructureError(msg)
     data.check(model, verbose=False)
     if isinstance(data, GeneratorDataset):
@@ -269,8 +275,7 @@ def _sequence_steps(steps: int | None, length: int, argument: str) -> int | None
     return None if steps == length else steps
 
 
-def _validation(model: Any, data: Any, steps: int | None,
-                **options: Any) -> tuple[GeneratorDataset | SequenceAdapter | None, Any, int | None]:
+def _validation(model: Any, data: Any, steps: int | None, **options: Any) -> tuple[Any, Any, int | None]:
     """(the dataset, or None for arrays; what to pass as validation_data; the validation_steps to pass)."""
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         normaliser = BatchNormaliser(ModelStructure.of(model))
@@ -286,10 +291,9 @@ def _validation(model: Any, data: Any, steps: int | None,
     return dataset, dataset, val_steps
 
 
-def _batch_size(dataset: GeneratorDataset | SequenceAdapter) -> int:
+def _batch_size(dataset: Any) -> int:
     """Rows in the first training batch: Keras 2 evaluated validation arrays in the training batch size."""
-    x = dataset.get_batch(0)[0]
-    return int(next(iter(x.values())).shape[0])
+    return int(np.shape(keras.tree.flatten(dataset.get_batch(0)[0])[0])[0])
 
 
 def _run(datasets: list, method: Any, data: Any, **kwargs: Any) -> Any:

@@ -201,14 +201,12 @@ class GeneratorDataset(keras.utils.PyDataset):
 
 def check_steps(steps: object, argument: str) -> int:
     """A positive whole number of batches (``np.ceil(n / b)`` is accepted), or a StructureError that says so."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, float, np.integer, np.floating)) or steps < 1:
-        whole = False
-    else:
-        whole = float(steps).is_integer()
-    if not whole:
-        msg = f"{argument} must be a positive whole number of batches. Received {argument}={steps!r}."
-        raise StructureError(msg)
-    return int(steps)  # type: ignore[arg-type]
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1:
+        return int(steps)
+    if isinstance(steps, (float, np.floating)) and steps >= 1 and float(steps).is_integer():
+        return int(steps)
+    msg = f"{argument} must be a positive whole number of batches. Received {argument}={steps!r}."
+    raise StructureError(msg)
 
 
 def _check_count(value: object, argument: str, minimum: int) -> int:

@@ -87,8 +87,12 @@ class Stream:
         replay: int = 2,
         slack: int = 0,
     ) -> None:
-        self.factory: Callable[[], Iterator[Any]] | None = None if _is_iterator(source) else source
-        self._generator: Iterator[Any] | None = source if self.factory is None else None  # type: ignore[assignment]
+        self.factory: Callable[[], Iterator[Any]] | None = None
+        self._generator: Iterator[Any] | None = None
+        if _is_iterator(source):
+            self._generator = cast("Iterator[Any]", source)
+        else:
+            self.factory = cast("Callable[[], Iterator[Any]]", source)
         self.steps = steps
         self.replay = replay
         self.slack = slack

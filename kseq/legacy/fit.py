@@ -112,6 +112,7 @@ def fit_generator(
         2
     """
     _refuse_keras1(legacy, "fit_generator")
+    _check_queue(workers, use_multiprocessing, max_queue_size)
     train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
                             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     sequence = not isinstance(train, GeneratorDataset)
@@ -170,6 +171,7 @@ def evaluate_generator(
         9.0
     """
     _refuse_keras1(legacy, "evaluate_generator")
+    _check_queue(workers, use_multiprocessing, max_queue_size)
     data, steps = _dataset(model, generator, steps, "steps", workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     track_states(model)
@@ -204,6 +206,7 @@ def predict_generator(
         [0.0, 0.0, 2.0, 2.0, 4.0, 4.0]
     """
     _refuse_keras1(legacy, "predict_generator")
+    _check_queue(workers, use_multiprocessing, max_queue_size)
     data, steps = _dataset(model, generator, steps, "steps", x_only=True, workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     track_states(model)
@@ -217,9 +220,6 @@ def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers
              max_queue_size: int, class_weight: Mapping[Any, Any] | None = None,
              x_only: bool = False) -> tuple[Any, int | None]:
     """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length)."""
-    if workers <= 1 and not use_multiprocessing and max_queue_size != 10:
-        _warn(f"max_queue_size={max_queue_size} has no effect with workers={workers}: Keras 3 reads batches "
-              "inline (tf.data prefetches on TensorFlow). Pass workers > 1 to read ahead into a queue", stacklevel=3)
     options = {"model": model, "class_weight": class_weight, "x_only": x_only, "workers": workers,
                "use_multiprocessing": use_multiprocessing, "max_queue_size": max_queue_size}
     if isinstance(data, (GeneratorDataset, SequenceAdapter, Dataset)):
@@ -240,6 +240,12 @@ def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers
         f"{type(data).__name__}. For arrays, call model.fit(x, y) directly."
     )
     raise StructureError(msg)
+
+
+def _check_queue(workers: int, use_multiprocessing: bool, max_queue_size: int) -> None:
+    if workers <= 1 and not use_multiprocessing and max_queue_size != 10:
+        _warn(f"max_queue_size={max_queue_size} has no effect with workers={workers}: Keras 3 reads batches "
+              "inline (tf.data prefetches on TensorFlow). Pass workers > 1 to read ahead into a queue", stacklevel=3)
 
 
 def _prepared(model: Any, data: Any, steps: int | None, argument: str, options: dict) -> tuple[Any, int | None]:

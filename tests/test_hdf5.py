@@ -381,6 +381,18 @@ class TestErrors:
             HDF5Source(path)
         assert info.value.__cause__ is not None
 
+    def test_a_corrupt_chunk_fails_at_read_naming_field_and_rows(self, tmp_path, arrays):
+        path = write(tmp_path / "z.h5", {"x": arrays["x"]}, compression="gzip")
+        with h5py.File(path) as f:
+            chunk = f["x"].id.get_chunk_info(1)
+        with path.open("r+b") as fh:
+            fh.seek(chunk.byte_offset)
+            fh.write(b"\x00garbage" * (chunk.size // 8))
+        src = HDF5Source(path)
+        np.testing.assert_array_equal(src.read([0])["x"], arrays["x"][[0]])
+        with pytest.raises(SourceError, match=r"Cannot read field 'x' \(dataset '/x', rows 50 to 99\) of '.*z\.h5'"):
+            src.read([60])
+
     @pytest.mark.parametrize("content", [b"x,y\n1,2\n", b""])
     def test_not_an_hdf5_file(self, tmp_path, content):
         path = tmp_path / "data.csv"

@@ -46,7 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from kseq.errors import SourceError, StructureError
+from kseq.errors import KseqError, SourceError, StructureError
 from kseq.sources.base import check_fields, check_indices
 
 __all__ = ["FieldLayout", "HDF5Source", "describe", "open_hdf5"]
@@ -125,6 +125,11 @@ def open_hdf5(path: str | os.PathLike, fields: object = None) -> Iterator[h5py.F
         raise SourceError(_open_failure(path, what, e)) from e
     try:
         yield handle
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        if isinstance(e, KseqError):
+            raise
+        msg = f"'{path}' is corrupt or unreadable (asked for {what}): {e}. Copy or write it again."
+        raise SourceError(msg) from e
     finally:
         handle.close()
 

@@ -37,10 +37,11 @@ class BlockShuffleSampler:
     """Every row exactly once per epoch, in a block-shuffled order drawn from ``(seed, epoch)``.
 
     Rows are grouped into blocks of ``block_size`` consecutive rows (for an
-    :class:`~kseq.sources.HDF5Source`, ``src.block_size``: whole chunks of every chunked
-    field). Each epoch shuffles the blocks, then the rows within every window of ``window``
-    blocks, and cuts that order into batches. A batch therefore draws from at most two
-    windows, so a chunk cache of ``2 * window`` blocks reads each chunk once per epoch when
+    :class:`~kseq.sources.HDF5Source`, ``src.block_size``: whole chunks of every field it
+    reads in blocks, i.e. compressed ones; uncompressed fields are read directly in any order).
+    Each epoch shuffles the blocks, then the rows within every window of ``window`` blocks,
+    and cuts that order into batches. A batch therefore draws from at most two windows, so
+    a chunk cache of ``2 * window`` blocks reads each chunk once per epoch when
     batches are taken in order (pass ``shuffle=False`` to ``fit``: Keras's own batch
     shuffling would scatter the windows). Larger windows mix better and need more cache.
 
@@ -100,7 +101,7 @@ class BlockShuffleSampler:
         block_size = getattr(source, "block_size", None)
         if not block_size:
             msg = (
-                f"Block shuffling needs a source read in blocks (a chunked or compressed HDF5 field). "
+                f"Block shuffling needs a source read in blocks (a compressed HDF5 field). "
                 f"Received {type(source).__name__} with block_size={block_size!r}. Use shuffle=True "
                 "(an exact sample-level shuffle), or pass block_size= to BlockShuffleSampler."
             )

@@ -227,17 +227,18 @@ class HDF5Source:
 
     Holds the path, never an open handle: each process opens the file lazily, reopens it when
     its process id changes, and drops it when pickled, so the source works under fork, spawn and
-    forkserver. Contiguous, uncompressed datasets are read through a memory map; chunked or
-    compressed ones in whole chunks with a bounded per-process cache (NOTE [ HDF5 read paths ]).
-    For chunked files, train with :class:`kseq.samplers.BlockShuffleSampler` so each chunk is
-    read about once an epoch.
+    forkserver. Uncompressed datasets (contiguous, or chunked along rows) are read directly at
+    each row's byte offset, through a memory map or, beyond ``resident_mb``, ``os.preadv``, in
+    any order; compressed ones in whole chunks with a bounded per-process cache (NOTE [ HDF5 read
+    paths ]). For compressed files, train with :class:`kseq.samplers.BlockShuffleSampler` so
+    each chunk is read about once an epoch.
 
     Args:
         path: the HDF5 file (``kseq.pack`` writes one laid out for fast reads).
         fields: ``None`` for every dataset in the file; a dataset path (``"train/images"``); a list
             of them; or ``{field_name: dataset_path}`` to rename.
-        cache_mb: the per-process chunk cache, in MiB (blocks of chunked datasets).
-        resident_mb: the most MiB of contiguous fields each process memory-maps. Mapped pages
+        cache_mb: the chunk cache of each process, in MiB (blocks of compressed datasets).
+        resident_mb: the most MiB of uncompressed fields each process memory-maps. Mapped pages
             count towards its resident memory (RSS); fields beyond the budget are read with
             ``os.preadv`` instead, which keeps RSS flat on files larger than memory.
 

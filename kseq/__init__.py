@@ -7,30 +7,55 @@ Example:
     0
 """
 
-from kseq.datasets import Dataset, MultiInputDataset
+from kseq import legacy
+from kseq.callbacks import ResetStates
+from kseq.datasets import (
+    CaptionDataset,
+    Dataset,
+    MultiInputDataset,
+    SiamesePairDataset,
+    StatefulSequenceDataset,
+    TripletDataset,
+)
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
-from kseq.samplers import SequentialSampler, ShuffleSampler
-from kseq.sources import ArraySource, DataFrameSource, Source, as_source
+from kseq.legacy import GeneratorDataset
+from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
+from kseq.sources import ArraySource, DataFrameSource, HDF5Source, Source, as_source
+from kseq.sources.pack import pack
 from kseq.structure import ModelStructure
+from kseq.text import Vocabulary, tokenize
 from kseq.validation import CheckReport, check
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArraySource",
+    "BlockShuffleSampler",
+    "CaptionDataset",
     "CheckReport",
     "DataFrameSource",
     "Dataset",
+    "GeneratorDataset",
+    "HDF5Source",
     "KseqError",
     "ModelStructure",
     "MultiInputDataset",
+    "PKSampler",
+    "ResetStates",
     "SequentialSampler",
     "ShuffleSampler",
+    "SiamesePairDataset",
     "Source",
     "SourceError",
+    "StatefulSequenceDataset",
     "StructureError",
+    "TripletDataset",
+    "Vocabulary",
     "WorkerError",
     "__version__",
     "as_source",
     "check",
+    "legacy",
+    "pack",
+    "tokenize",
 ]

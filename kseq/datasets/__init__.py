@@ -1,6 +1,16 @@
 """The kseq dataset family: PyDataset subclasses composed of a Source, a Sampler and batch assembly."""
 
 from kseq.datasets.base import Dataset
+from kseq.datasets.caption import CaptionDataset
 from kseq.datasets.multi_input import MultiInputDataset
+from kseq.datasets.siamese import SiamesePairDataset, TripletDataset
+from kseq.datasets.stateful import StatefulSequenceDataset
 
-__all__ = ["Dataset", "MultiInputDataset"]
+__all__ = [
+    "CaptionDataset",
+    "Dataset",
+    "MultiInputDataset",
+    "SiamesePairDataset",
+    "StatefulSequenceDataset",
+    "TripletDataset",
+]

@@ -3,12 +3,20 @@
 from kseq.samplers.base import Sampler, batch_rng, check_batch_size, draw_seed, epoch_rng, num_batches
 from kseq.samplers.block import BlockShuffleSampler, block_permutation
 from kseq.samplers.order import SequentialSampler, ShuffleSampler, epoch_permutation
+from kseq.samplers.pairs import ClassIndex, PairSampler, PKSampler, TripletSampler, positives_in
+from kseq.samplers.streams import StreamLayout, StreamSampler, stream_layout
 
 __all__ = [
     "BlockShuffleSampler",
+    "ClassIndex",
+    "PKSampler",
+    "PairSampler",
     "Sampler",
     "SequentialSampler",
     "ShuffleSampler",
+    "StreamLayout",
+    "StreamSampler",
+    "TripletSampler",
     "batch_rng",
     "block_permutation",
     "check_batch_size",
@@ -16,4 +24,6 @@ __all__ = [
     "epoch_permutation",
     "epoch_rng",
     "num_batches",
+    "positives_in",
+    "stream_layout",
 ]

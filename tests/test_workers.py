@@ -453,6 +453,20 @@ class TestPrefetch:
         assert_same_batches(served, epochs_of(jittered()))
         assert len([w for w in record if "shuffle=False to fit" in str(w.message)]) == 1
 
+    def test_a_request_behind_the_epoch_window_is_still_served(self):
+        """Workers skip batches outside the current epochs; one that is asked for is computed anyway."""
+        ds = jittered(workers=2, use_multiprocessing=True, start_method="fork", max_queue_size=1)
+        loader = ds._loader
+        try:
+            loader.get(ds, 0, 0, len(ds))
+            loader.set_epoch(5)  # what on_epoch_end does, from another thread in fit
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = within(20, lambda: loader.get(ds, 0, 4, len(ds)))
+            np.testing.assert_array_equal(result["value"][0]["x"], ds.get_batch(4, 0)[0]["x"])
+        finally:
+            ds.close()
+
     def test_in_order_requests_do_not_warn(self):
         with jittered(**PROCESSES) as ds, warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -182,7 +182,8 @@ class BatchLoader:
     def _collect(self, dataset: Any, done: Done, wanted: Key) -> None:
         self._pending.discard(done.key)
         if done.status == "skipped":
-            if done.key == wanted:  # the window moved away and back: ask again
+            if done.key == wanted:  # on_epoch_end moved the window while this batch was asked for: a request wins
+                self._pool.set_window(wanted[0])  # type: ignore[union-attr]
                 self._submit(dataset, wanted)
         elif done.key == wanted or self._useful(done.key):
             self._ready[done.key] = done

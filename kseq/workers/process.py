@@ -241,7 +241,7 @@ class ProcessPool:
         return WorkerError(msg)
 
 
-_SIGNAL_HINTS = {
+_SIGNAL_HINTS: dict[int, str] = {
     signal.SIGKILL: " (often the out-of-memory killer: lower max_queue_size or workers)",
     signal.SIGBUS: " (often a full /dev/shm: lower max_queue_size, or give the machine more shared memory)",
 }

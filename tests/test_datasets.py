@@ -228,3 +228,27 @@ class TestFit:
 
 def test_check_is_public():
     assert kseq.check is kseq.validation.check
+
+
+@pytest.mark.portable
+class TestBlockShuffle:
+    def test_block_shuffle_over_a_compressed_file_reads_every_row_once(self, tmp_path):
+        """shuffle="block" uses the source's chunks as blocks and still covers every row once per epoch."""
+        import h5py
+
+        path = tmp_path / "gz.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("x", data=np.arange(1000), chunks=(50,), compression="gzip")
+        ds = Dataset(str(path), batch_size=64, shuffle="block", seed=0)
+        assert type(ds.sampler).__name__ == "BlockShuffleSampler"
+        rows = np.concatenate([b[0]["x"] for b in all_batches(ds)])
+        assert sorted(rows.tolist()) == list(range(1000))
+        assert rows.tolist() != list(range(1000))
+
+    def test_block_shuffle_needs_a_block_source(self):
+        with pytest.raises(StructureError, match="Block shuffling needs a source read in blocks"):
+            Dataset({"x": np.arange(10)}, shuffle="block")
+
+    def test_other_shuffle_values_are_refused(self):
+        with pytest.raises(StructureError, match=r'shuffle must be True, False or "block". Received shuffle=\'yes\''):
+            Dataset({"x": np.arange(10)}, shuffle="yes")

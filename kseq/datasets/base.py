@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 
 from kseq.errors import StructureError
-from kseq.samplers import Sampler, SequentialSampler, ShuffleSampler, batch_rng, check_batch_size, draw_seed
+from kseq.samplers import (
+    BlockShuffleSampler,
+    Sampler,
+    SequentialSampler,
+    ShuffleSampler,
+    batch_rng,
+    check_batch_size,
+    draw_seed,
+)
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check
@@ -32,7 +40,9 @@ class Dataset(keras.utils.PyDataset):
     Args:
         source: a :class:`~kseq.sources.Source`, a dict of arrays, or a DataFrame.
         batch_size: rows per batch.
-        shuffle: draw a new sample order every epoch from ``(seed, epoch)``.
+        shuffle: ``True``: draw a new sample order every epoch from ``(seed, epoch)``;
+            ``"block"``: :class:`~kseq.samplers.BlockShuffleSampler` over the source's chunks
+            (compressed HDF5: each chunk is read about once per epoch); ``False``: in order.
         seed: the seed; ``None`` draws one at construction, exposed as ``ds.seed``.
         drop_remainder: leave out the last partial batch of each epoch.
         workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``, but
@@ -66,7 +76,7 @@ class Dataset(keras.utils.PyDataset):
         source: Source | dict | Any,
         *,
         batch_size: int = 32,
-        shuffle: bool = True,
+        shuffle: bool | Literal["block"] = True,
         seed: int | None = None,
         drop_remainder: bool = False,
         workers: int = 1,
@@ -83,7 +93,7 @@ class Dataset(keras.utils.PyDataset):
         self._loader = None if self.worker_config.mode == "inline" else BatchLoader(self.worker_config)
         self.source = as_source(source)
         self.batch_size = check_batch_size(batch_size)
-        self.shuffle = bool(shuffle)
+        self.shuffle = _check_shuffle(shuffle)
         self.seed = draw_seed() if seed is None else _check_seed(seed)
         self.drop_remainder = bool(drop_remainder)
         self.epoch = 0
@@ -101,6 +111,10 @@ class Dataset(keras.utils.PyDataset):
     def make_sampler(self) -> Sampler:
         """The sampler of this dataset; called once, at construction."""
         n = len(self.source)
+        if self.shuffle == "block":
+            return BlockShuffleSampler.for_source(
+                self.source, batch_size=self.batch_size, seed=self.seed, drop_remainder=self.drop_remainder
+            )
         if self.shuffle:
             return ShuffleSampler(n, batch_size=self.batch_size, seed=self.seed, drop_remainder=self.drop_remainder)
         return SequentialSampler(n, batch_size=self.batch_size, drop_remainder=self.drop_remainder)
@@ -203,6 +217,15 @@ def _refuse_pool_change(name: str, value: object) -> None:
         f"Cannot set {name}={value!r} on a kseq dataset after construction: kseq runs its own worker pool, "
         f"configured once. Pass {name}= to the constructor instead."
     )
+    raise StructureError(msg)
+
+
+def _check_shuffle(shuffle: object) -> bool | Literal["block"]:
+    if shuffle == "block":
+        return "block"
+    if isinstance(shuffle, (bool, np.bool_)):
+        return bool(shuffle)
+    msg = f'shuffle must be True, False or "block". Received shuffle={shuffle!r}.'
     raise StructureError(msg)
 
 

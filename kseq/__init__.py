@@ -25,6 +25,7 @@ from kseq.sources.pack import pack
 from kseq.structure import ModelStructure
 from kseq.text import Vocabulary, tokenize
 from kseq.validation import CheckReport, check
+from kseq.workers import tune_malloc
 
 __version__ = "0.1.0"
 
@@ -58,4 +59,5 @@ __all__ = [
     "legacy",
     "pack",
     "tokenize",
+    "tune_malloc",
 ]

@@ -515,3 +515,29 @@ class TestFit:
                 history = model.fit(ds, epochs=3, verbose=0)
         assert len([w for w in record if "out of order" in str(w.message)]) == 1
         assert history.history["loss"][-1] < 0.05 * history.history["loss"][0]
+
+
+_FAULTS = """
+import resource, sys, numpy as np, kseq
+if sys.argv[1] == "tuned":
+    assert kseq.tune_malloc()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):
+    a = np.ones(256 * 1024, "float32")  # 1 MB, above the forced 128 KB mmap threshold
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_malloc_stops_page_faults_on_reused_temporaries():
+    """With glibc's mmap threshold pinned low (as after TF has run), every 1 MB temporary faults its
+    pages in again; after kseq.tune_malloc() the freed memory is reused without faults."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "KERAS_BACKEND": "numpy"}
+    faults = {
+        mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], env=env, capture_output=True, text=True,
+                                 check=True).stdout.split()[-1])
+        for mode in ("default", "tuned")
+    }
+    assert faults["default"] > 200 * 200  # ~256 pages per 1 MB array, every time
+    assert faults["tuned"] < faults["default"] / 20

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -71,23 +72,29 @@ def check_batch_index(batch: int, length: int) -> int:
 
 
 class EpochCache:
-    """Holds the most recent epoch's order so a batch costs a slice, not a permutation.
+    """Holds the orders of the two most recent epochs, so a batch costs a slice, not a permutation.
 
-    Thread-safe; dropped when pickled (it is recomputed on demand).
+    Two, because prefetching runs into the start of the next epoch while the current
+    one is still being served. Thread-safe (reads take no lock: the entries are an
+    immutable tuple swapped whole); dropped when pickled and recomputed on demand.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._epoch: int | None = None
-        self._value: np.ndarray | None = None
+        self._entries: tuple[tuple[int, np.ndarray], ...] = ()
 
-    def get(self, epoch: int, make: object) -> np.ndarray:
+    def get(self, epoch: int, make: Callable[[int], np.ndarray]) -> np.ndarray:
+        for cached, value in self._entries:
+            if cached == epoch:
+                return value
         with self._lock:
-            if self._epoch != epoch or self._value is None:
-                value = make(epoch)  # type: ignore[operator]
-                value.flags.writeable = False
-                self._epoch, self._value = epoch, value
-            return self._value
+            for cached, value in self._entries:
+                if cached == epoch:
+                    return value
+            value = make(epoch)
+            value.flags.writeable = False
+            self._entries = ((epoch, value), *self._entries[:1])
+            return value
 
     def __getstate__(self) -> dict[str, object]:
         return {}

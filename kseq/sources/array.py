@@ -72,7 +72,16 @@ class ArraySource:
         self, indices: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         idx = check_indices(indices, self._length)
-        return {name: self._arrays[name][idx] for name in check_fields(fields, self._arrays)}
+        arrays = self._arrays
+        if fields is None:
+            return {name: a[idx] for name, a in arrays.items()}
+        if isinstance(fields, str):
+            fields = [fields]
+        try:  # the hot path: no separate validation pass
+            return {name: arrays[name][idx] for name in fields}
+        except KeyError:
+            check_fields(fields, arrays)  # raises StructureError naming the known fields
+            raise
 
 
 def _as_array(name: object, value: object) -> np.ndarray:

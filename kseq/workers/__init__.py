@@ -10,5 +10,6 @@ through shared memory instead of pickles. See the NOTE blocks in ``loader.py``,
 
 from kseq.workers.config import WorkerConfig, default_start_method
 from kseq.workers.loader import BatchLoader
+from kseq.workers.malloc import tune_malloc
 
-__all__ = ["BatchLoader", "WorkerConfig", "default_start_method"]
+__all__ = ["BatchLoader", "WorkerConfig", "default_start_method", "tune_malloc"]

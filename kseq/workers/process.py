@@ -16,25 +16,18 @@ naming it, its exit code or signal, and the batches it held: never a hang.
 Workers ignore SIGINT (Ctrl-C is the main process's to handle: it closes the
 pool) and exit by themselves when their parent goes away.
 
-On glibc, a worker fixes malloc's thresholds at start (``M_MMAP_THRESHOLD``
-32 MiB, ``M_TRIM_THRESHOLD`` 64 MiB: what glibc's own dynamic threshold grows to
-at most). Measured here: workers forked from a process that had already run
-``fit`` with TF spent 6x the CPU time on the same per-sample batch (0.43 s
-instead of 0.065 s), 70% of it in the kernel, because every 600 KB temporary was
-mapped and unmapped again. Only kseq's own worker processes are tuned, never the
-user's process.
+On glibc, a worker fixes malloc's thresholds at start: see NOTE [ malloc
+thresholds ] in ``malloc.py``. Only kseq's own worker processes are tuned, never
+the user's process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -43,6 +36,7 @@ from typing import Any
 
 from kseq.errors import WorkerError
 from kseq.workers.backend import Done, Key, in_window, reseed_globals
+from kseq.workers.malloc import tune_malloc
 from kseq.workers.pickling import dumps_for_workers
 from kseq.workers.shm import SlotPool, SlotWriter
 from kseq.workers.tree import flatten, unflatten
@@ -269,7 +263,7 @@ def _loads(data: bytes | None) -> BaseException | None:
 
 def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _tune_malloc()
+    tune_malloc()
     try:
         dataset = pickle.loads(payload) if isinstance(payload, bytes) else payload
     except BaseException:
@@ -284,21 +278,6 @@ def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -
         return  # the main process went away
     finally:
         writer.close()
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def _tune_malloc() -> None:
-    """Keep freed temporaries in the heap (see the NOTE above); a no-op without glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
-    except (OSError, AttributeError):  # musl or another libc: nothing to tune
-        return
 
 
 def _serve(conn: Connection, dataset: Any, writer: SlotWriter, parent_pid: int, window: Any) -> None:

@@ -29,6 +29,7 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m portable tests
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	$(PY) -m benchmarks.run
 
 clean:

@@ -21,6 +21,7 @@ test: $(STAMP) lint test-tf test-jax
 
 lint: $(STAMP)
 	$(PY) -m ruff check kseq tests benchmarks
+	$(PY) -m mypy kseq --ignore-missing-imports
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests

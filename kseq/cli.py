@@ -54,9 +54,9 @@ def demo(epochs: int = 8, batch_size: int = 32, seed: int = 0) -> dict[str, floa
     cut = int(0.8 * len(order))
     train = {k: v[order[:cut]] for k, v in data.items()}
     test = {k: v[order[cut:]] for k, v in data.items()}
-    fields = {"inputs": ["pixels", "profile"], "targets": "digit", "batch_size": batch_size}
-    train_ds = MultiInputDataset(train, seed=seed, **fields)
-    test_ds = MultiInputDataset(test, shuffle=False, **fields)
+    inputs = ["pixels", "profile"]
+    train_ds = MultiInputDataset(train, inputs=inputs, targets="digit", batch_size=batch_size, seed=seed)
+    test_ds = MultiInputDataset(test, inputs=inputs, targets="digit", batch_size=batch_size, shuffle=False)
     model = _model()
     train_ds.check(model)
     test_ds.check(model, verbose=False)
@@ -100,8 +100,8 @@ def read_inputs(specs: Sequence[str], *, batch_rows: int = 65536) -> tuple[Any, 
 
 
 def _parse_spec(spec: str) -> tuple[str | None, Path]:
-    name, sep, rest = spec.partition("=")
-    name, path = (name, Path(rest)) if sep and not Path(spec).exists() else (None, Path(spec))
+    head, sep, rest = spec.partition("=")
+    name, path = (head, Path(rest)) if sep and not Path(spec).exists() else (None, Path(spec))
     if path.suffix.lower() not in _ARRAYS + _TABLES:
         msg = f"Input '{spec}': unsupported file type {path.suffix!r}. Expected one of {list(_ARRAYS + _TABLES)}."
         raise StructureError(msg)
@@ -150,7 +150,8 @@ def _row(lay: FieldLayout) -> tuple[str, ...]:
             _size(lay.storage_bytes), lay.reader if lay.shape else "-")
 
 
-def _size(nbytes: int) -> str:
+def _size(count: int) -> str:
+    nbytes = float(count)
     for unit in ("B", "kB", "MB", "GB"):
         if nbytes < 1000 or unit == "GB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"

@@ -252,3 +252,10 @@ class TestBlockShuffle:
     def test_other_shuffle_values_are_refused(self):
         with pytest.raises(StructureError, match=r'shuffle must be True, False or "block". Received shuffle=\'yes\''):
             Dataset({"x": np.arange(10)}, shuffle="yes")
+
+    def test_block_shuffle_is_refused_where_a_dataset_draws_its_own_order(self):
+        from kseq import SiamesePairDataset
+
+        data = {"x": np.arange(20.0), "label": np.arange(20) % 2}
+        with pytest.raises(StructureError, match='SiamesePairDataset draws its own order and has no block shuffle'):
+            SiamesePairDataset(data, shuffle="block")

@@ -119,6 +119,16 @@ class Dataset(keras.utils.PyDataset):
             return ShuffleSampler(n, batch_size=self.batch_size, seed=self.seed, drop_remainder=self.drop_remainder)
         return SequentialSampler(n, batch_size=self.batch_size, drop_remainder=self.drop_remainder)
 
+    def plain_shuffle(self) -> bool:
+        """``self.shuffle`` for a subclass whose sampler draws its own order; refuses ``"block"``."""
+        if self.shuffle == "block":
+            msg = (
+                f'{type(self).__name__} draws its own order and has no block shuffle. Received shuffle="block". '
+                "Pass shuffle=True (a new order every epoch) or False."
+            )
+            raise StructureError(msg)
+        return bool(self.shuffle)
+
     def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Read the rows of one batch; by default every field, ``source.read(indices)``."""
         return self.source.read(indices, self.fields_read)

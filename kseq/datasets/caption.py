@@ -228,7 +228,7 @@ class CaptionDataset(Dataset):
             one_per_image=self.captions_per_image == "one",
             batch_size=self.batch_size,
             seed=self.seed,
-            shuffle=self.shuffle,
+            shuffle=self.plain_shuffle(),
             drop_remainder=self.drop_remainder,
             bucket_window=self.bucket_window if self.bucket_by_length else None,
         )

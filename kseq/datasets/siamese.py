@@ -180,7 +180,7 @@ class SiamesePairDataset(_ClassTupleDataset):
         return PairSampler(
             self.class_index, batch_size=self.batch_size, seed=self.seed, positive_fraction=self.positive_fraction,
             pairs_per_epoch=self.pairs_per_epoch, classes_per_batch=self.classes_per_batch,
-            balance=self.balance, reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+            balance=self.balance, reshuffle=self.plain_shuffle(), drop_remainder=self.drop_remainder,
         )
 
     def build_batch(self, rows: dict[str, Any]) -> tuple:
@@ -246,7 +246,7 @@ class TripletDataset(_ClassTupleDataset):
         return TripletSampler(
             self.class_index, batch_size=self.batch_size, seed=self.seed, triplets_per_epoch=self.triplets_per_epoch,
             classes_per_batch=self.classes_per_batch, balance=self.balance,
-            reshuffle=self.shuffle, drop_remainder=self.drop_remainder,
+            reshuffle=self.plain_shuffle(), drop_remainder=self.drop_remainder,
         )
 
     def build_batch(self, rows: dict[str, Any]) -> tuple:

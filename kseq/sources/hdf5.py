@@ -447,7 +447,7 @@ class _ProcessState:
         order = np.argsort(offsets, kind="stable")
         offsets = offsets[order]
         starts = np.flatnonzero(np.r_[True, np.diff(offsets) != row]).tolist()
-        flat = memoryview(out).cast("B")
+        flat = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
         views = [flat[p * row : (p + 1) * row] for p in order.tolist()]
         for start, stop in zip(starts, [*starts[1:], idx.size], strict=True):
             for first in range(start, stop, _IOV_MAX):

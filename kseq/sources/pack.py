@@ -301,7 +301,7 @@ def _copy_contiguous(source: Path, target: Path, bar: _Progress) -> None:
 
 
 def _in_file_order(group: h5py.Group, prefix: str = "") -> list[str]:
-    names = []
+    names: list[str] = []
     for key, item in group.items():
         names += [prefix + key] if isinstance(item, h5py.Dataset) else _in_file_order(item, f"{prefix}{key}/")
     return names

@@ -514,6 +514,18 @@ class TestSequence:
         pred = predict_generator(concat_model(), Plain())
         assert pred[::2, 0].tolist() == [0, 1, 2]
 
+    def test_bad_batch_after_the_signature_raises_kseq_error(self):
+        """On TF, a Sequence's batch 3 (after the signature batches 0-1) with an extra key is kseq's error, not tf's."""
+
+        class ExtraKeyAt3(LegacySequence):
+            def __getitem__(self, i):
+                (a, b), y = super().__getitem__(i)
+                x = {"a": a, "b": b} | ({"zzz": a} if i == 3 else {})
+                return x, y
+
+        with pytest.raises(StructureError, match=r"At batch 3 of ExtraKeyAt3: the x dict has key\(s\) \['zzz'\]"):
+            fit_generator(two_input_model(), ExtraKeyAt3(), shuffle=False, verbose=0)
+
     def test_stateful_model_refuses_a_shuffled_sequence(self):
         inp = keras.Input((2, 1), batch_size=8)
         model = keras.Model(inp, keras.layers.SimpleRNN(1, stateful=True)(inp))

@@ -76,6 +76,9 @@ class SequenceAdapter(keras.utils.PyDataset):
             raise StructureError(msg)
         self._normaliser = BatchNormaliser(None, x_only=x_only)
         self._in_epoch = False
+        # The last exception raised while reading a batch: Keras may wrap it in its own on the way out
+        # (tf.data turns it into an InvalidArgumentError); fit_generator raises this one instead.
+        self.last_error: BaseException | None = None
         if model is not None:
             self.check(model, verbose=False)
 
@@ -83,7 +86,11 @@ class SequenceAdapter(keras.utils.PyDataset):
         return len(self.sequence)
 
     def __getitem__(self, index: int) -> tuple:
-        return self._normaliser.adapt(self.get_batch(index))
+        try:
+            return self._normaliser.adapt(self.get_batch(index))
+        except Exception as e:
+            self.last_error = e
+            raise
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
@@ -102,7 +109,11 @@ class SequenceAdapter(keras.utils.PyDataset):
         if epoch is not None:
             msg = f"A Sequence gives the batches of its current state only. Received epoch={epoch}; pass None."
             raise StructureError(msg)
-        return self._normaliser.name(self.sequence[index], where=f"batch {index} of {type(self.sequence).__name__}")
+        try:
+            return self._normaliser.name(self.sequence[index], where=f"batch {index} of {type(self.sequence).__name__}")
+        except Exception as e:
+            self.last_error = e
+            raise
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
         """Check batch 0 against ``model`` and put every batch in its structure from now on."""

@@ -52,6 +52,8 @@ class ClassWeights:
 
     Labels may be class ids of shape ``(B,)`` or ``(B, 1)``, or one-hot / probability
     rows of shape ``(B, C)`` (the class is the argmax), the same convention as Keras.
+    Integer labels of shape ``(B, T)`` that are not one-hot (per-step class ids) are
+    refused rather than read as one-hot.
     Labels absent from the mapping are refused at construction by :meth:`check_covers`.
 
     Example:
@@ -78,6 +80,13 @@ class ClassWeights:
     def class_ids(self, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.ndim >= 2 and labels.shape[-1] > 1:
+            if labels.dtype.kind in "iu" and not _is_one_hot(labels):
+                msg = (
+                    f"{self.name} needs one class per sample: class ids of shape (n,) or (n, 1), or one-hot rows. "
+                    f"Received integer labels of shape {labels.shape} that are not one-hot (per-step ids?). "
+                    "Use sample_weight= with per-sample weights instead."
+                )
+                raise StructureError(msg)
             return labels.argmax(axis=-1).reshape(len(labels))
         return labels.reshape(len(labels)).astype(np.int64, copy=False)
 
@@ -100,6 +109,10 @@ class ClassWeights:
         ids = self.class_ids(labels)
         pos = np.clip(np.searchsorted(self._keys, ids), 0, len(self._keys) - 1)
         return self._values[pos]
+
+
+def _is_one_hot(labels: np.ndarray) -> bool:
+    return labels.ndim == 2 and bool(((labels == 0) | (labels == 1)).all()) and bool((labels.sum(axis=1) == 1).all())
 
 
 def pad_sequences(

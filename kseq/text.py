@@ -31,7 +31,7 @@ from kseq.errors import StructureError
 
 __all__ = ["TokenTable", "Vocabulary", "standardize", "tokenize"]
 
-_WORD = re.compile(r"[a-z0-9']+")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # Unicode letters and digits, inner apostrophes kept
 
 
 def standardize(text: str) -> list[str]:

@@ -84,11 +84,21 @@ def check_batch(structure: ModelStructure, batch: Any) -> CheckReport:
 
 
 def _check_names(role: str, names: list[str], part: Any, argument: str) -> None:
+    if isinstance(part, (list, tuple)) and len(names) > 1:
+        if len(part) != len(names):
+            msg = (
+                f"The model has {len(names)} {role}s {names}, but the batch gives {len(part)} arrays in a "
+                f"{type(part).__name__} {describe(part)}. "
+                f"Give one array per {role}, in the model's order, or name them."
+            )
+            raise StructureError(msg)
+        return
     if not isinstance(part, Mapping):
         if len(names) != 1:
             msg = (
                 f"The model has {len(names)} {role}s {names}, but the batch gives one unnamed array "
-                f"{describe(part)}. Name them: pass {argument}={{{', '.join(repr(n) + ': ...' for n in names)}}}."
+                f"{describe(part)}. Name them: pass {argument}={{{', '.join(repr(n) + ': ...' for n in names)}}} "
+                "to a kseq dataset, or return a dict or a tuple in the model's order."
             )
             raise StructureError(msg)
         return
@@ -111,7 +121,12 @@ def _check_names(role: str, names: list[str], part: Any, argument: str) -> None:
 
 
 def _check_tensors(specs: tuple[TensorSpec, ...], x: Any) -> None:
-    arrays = x if isinstance(x, Mapping) else {specs[0].name: x}
+    if isinstance(x, Mapping):
+        arrays = x
+    elif isinstance(x, (list, tuple)) and len(specs) > 1:
+        arrays = {spec.name: value for spec, value in zip(specs, x, strict=True)}
+    else:
+        arrays = {specs[0].name: x}
     problems = [p for spec in specs if (p := _tensor_problem(spec, arrays[spec.name]))]
     if problems:
         msg = "Batch x does not fit the model's inputs:\n  " + "\n  ".join(problems)

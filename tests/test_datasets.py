@@ -259,3 +259,22 @@ class TestBlockShuffle:
         data = {"x": np.arange(20.0), "label": np.arange(20) % 2}
         with pytest.raises(StructureError, match='SiamesePairDataset draws its own order and has no block shuffle'):
             SiamesePairDataset(data, shuffle="block")
+
+
+@pytest.mark.portable
+class TestWeightValidation:
+    def test_per_step_integer_labels_with_class_weight_are_refused(self):
+        """(n, T) integer ids are not one-hot: reading them as one-hot would weight the wrong class."""
+        data = {"x": np.zeros((4, 2)), "t": np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0, 1, 0]])}
+        with pytest.raises(StructureError, match=r"needs one class per sample.*shape \(4, 3\)"):
+            MultiInputDataset(data, inputs="x", targets="t", class_weight={0: 1.0, 1: 10.0})
+
+    def test_one_hot_integer_labels_are_accepted(self):
+        data = {"x": np.zeros((3, 2)), "t": np.eye(3, dtype="int64")}
+        ds = MultiInputDataset(data, inputs="x", targets="t", class_weight={0: 1, 1: 2, 2: 3}, shuffle=False)
+        assert ds[0][2].tolist() == [1, 2, 3]
+
+    def test_two_dimensional_sample_weight_field_fails_at_construction(self):
+        data = {"x": np.zeros((8, 2)), "t": np.zeros(8), "w": np.ones((8, 5))}
+        with pytest.raises(StructureError, match=r"sample_weight field 'w' must hold one number per sample"):
+            MultiInputDataset(data, inputs="x", targets="t", sample_weight="w")

@@ -113,3 +113,39 @@ class TestAsSource:
     def test_bare_array_asks_for_a_name(self):
         with pytest.raises(StructureError, match="name it"):
             as_source(np.zeros(3))
+
+
+class TestBadIndices:
+    def test_boolean_mask_is_refused(self):
+        """A mask would otherwise be read as rows 0 and 1."""
+        src = ArraySource({"x": np.arange(5) * 10})
+        with pytest.raises(StructureError, match=r"Received dtype bool. Use np.flatnonzero"):
+            src.read(np.array([True, False, True, False, False]))
+
+    def test_float_indices_are_refused(self):
+        with pytest.raises(StructureError, match="Received dtype float64"):
+            ArraySource({"x": np.arange(5)}).read([1.7, 2.2])
+
+    def test_empty_index_list_reads_nothing(self):
+        assert ArraySource({"x": np.arange(5)}).read([])["x"].shape == (0,)
+
+
+class TestDataFrameColumns:
+    def test_missing_text_is_refused_not_read_as_nan(self):
+        df = pd.DataFrame({"s": ["a", None, "c"]})
+        with pytest.raises(StructureError, match=r"Column 's' has missing values \(first at row 1\)"):
+            DataFrameSource(df)
+
+    def test_a_single_column_name_is_one_column(self):
+        df = pd.DataFrame({"label": [1, 2], "other": [3, 4]})
+        assert list(DataFrameSource(df, columns="label").fields) == ["label"]
+
+    def test_duplicate_column_names_are_refused(self):
+        df = pd.DataFrame([[1, 2]], columns=["a", "a"])
+        with pytest.raises(StructureError, match=r"duplicate column names \['a'\]"):
+            DataFrameSource(df)
+
+    def test_names_that_collide_as_text_are_refused(self):
+        df = pd.DataFrame({1: [1], "1": [2]})
+        with pytest.raises(StructureError, match="collide once turned into field names"):
+            DataFrameSource(df)

@@ -130,3 +130,31 @@ class TestAdaptation:
 
     def test_named_batches_stay_named_without_check(self, two_inputs):
         assert isinstance(dataset(two_inputs)[0][0], dict)
+
+
+class TestPlainPyDataset:
+    class Pairs(keras.utils.PyDataset):
+        def __init__(self, arrays):
+            super().__init__()
+            self.arrays = arrays
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return self.arrays, np.zeros(4, "float32")
+
+    def test_a_tuple_in_model_order_is_accepted(self):
+        ds = self.Pairs((np.zeros((4, 3), "float32"), np.zeros((4, 5), "float32")))
+        report = kseq.check(concat_model(), ds, verbose=False)
+        assert report.structure.input_names == ["a", "b"]
+
+    def test_a_tuple_in_the_wrong_order_fails_on_shapes(self):
+        ds = self.Pairs((np.zeros((4, 5), "float32"), np.zeros((4, 3), "float32")))
+        with pytest.raises(StructureError, match=r"input 'a': expected shape \(None, 3\); Received \(4, 5\)"):
+            kseq.check(concat_model(), ds)
+
+    def test_a_tuple_of_the_wrong_length(self):
+        ds = self.Pairs((np.zeros((4, 3), "float32"),) * 3)
+        with pytest.raises(StructureError, match=r"The model has 2 inputs \['a', 'b'\], but the batch gives 3 arrays"):
+            kseq.check(concat_model(), ds)

@@ -108,6 +108,14 @@ class MultiInputDataset(Dataset):
             raise StructureError(msg)
         _check_outputs(mapping, self.targets, "sample_weight")
         _check_known(list(mapping.values()), available, "sample_weight")
+        for field in set(mapping.values()):
+            shape, dtype = available[field]
+            if tuple(shape) not in ((), (1,)) or np.dtype(dtype).kind not in "iufb":
+                msg = (
+                    f"sample_weight field {field!r} must hold one number per sample: shape (n,) or (n, 1). "
+                    f"Received trailing shape {tuple(shape)} and dtype {dtype}."
+                )
+                raise StructureError(msg)
         return mapping
 
     def _class_weights(self, class_weight: Mapping[Any, Any] | None) -> dict[str, ClassWeights]:

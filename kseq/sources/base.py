@@ -47,7 +47,15 @@ class Source(Protocol):
 
 def check_indices(indices: Sequence[int] | np.ndarray, length: int) -> np.ndarray:
     """Return ``indices`` as an int64 array, refusing any outside ``[0, length)``."""
-    idx = indices if isinstance(indices, np.ndarray) and indices.dtype == np.int64 else np.asarray(indices, np.int64)
+    if isinstance(indices, np.ndarray) and indices.dtype == np.int64:
+        idx = indices
+    else:
+        raw = np.asarray(indices)
+        if raw.size and raw.dtype.kind not in "iu":
+            hint = " Use np.flatnonzero(mask) for a boolean mask." if raw.dtype.kind == "b" else ""
+            msg = f"Expected integer row indices. Received dtype {raw.dtype}.{hint}"
+            raise StructureError(msg)
+        idx = raw.astype(np.int64, copy=False)
     if idx.ndim != 1:
         msg = f"Expected a 1-D sequence of row indices. Received shape {idx.shape}."
         raise StructureError(msg)

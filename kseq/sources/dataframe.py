@@ -40,7 +40,18 @@ class DataFrameSource(ArraySource):
         if not isinstance(df, pd.DataFrame):
             msg = f"DataFrameSource expects a pandas.DataFrame. Received {type(df).__name__}."
             raise StructureError(msg)
-        names = list(df.columns) if columns is None else list(columns)
+        if df.columns.duplicated().any():
+            dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+            msg = f"The DataFrame has duplicate column names {dupes}. Expected unique names: rename them first."
+            raise StructureError(msg)
+        names = list(df.columns) if columns is None else [columns] if isinstance(columns, str) else list(columns)
+        as_text = [str(c) for c in names]
+        if len(set(as_text)) != len(as_text):
+            msg = (
+                f"Columns {names} collide once turned into field names {as_text}. "
+                "Expected distinct names: rename the columns first."
+            )
+            raise StructureError(msg)
         missing = [c for c in names if c not in df.columns]
         if missing:
             msg = (
@@ -57,6 +68,13 @@ class DataFrameSource(ArraySource):
 def _column_array(column: pd.Series) -> np.ndarray:
     if column.dtype != object and not isinstance(column.dtype, pd.StringDtype):
         return column.to_numpy()
+    if column.isna().any():
+        row = int(np.flatnonzero(column.isna().to_numpy())[0])
+        msg = (
+            f"Column {column.name!r} has missing values (first at row {row}); expected a value in every row. "
+            "Fill them first, e.g. df[col].fillna('') for text."
+        )
+        raise StructureError(msg)
     cells = column.tolist()
     if all(isinstance(c, str) for c in cells):
         return np.asarray(cells, dtype=str)

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -413,3 +414,53 @@ class TestErrors:
             f.create_dataset("s", data=["a", "bb"], dtype=h5py.string_dtype())
         with pytest.raises(StructureError, match=r"Field 's'.*variable-length.*fixed-length bytes"):
             HDF5Source(tmp_path / "v.h5")
+
+
+class TestFileChanges:
+    """The file is checked against its construction stamp whenever a handle opens and before every read."""
+
+    @staticmethod
+    def edit_in_place(path, offset):
+        """Overwrite the first row's bytes (h5py cannot reopen for writing a file this process reads)."""
+        time.sleep(0.05)  # past the file system's timestamp granularity
+        with open(path, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(b"\xff" * 8)
+
+    @pytest.mark.parametrize("layout", ["contiguous", "gzip"])
+    def test_an_edit_in_place_after_a_first_read_is_refused(self, tmp_path, arrays, layout):
+        path = write(tmp_path / "e.h5", arrays, **LAYOUTS[layout])
+        with h5py.File(path) as f:
+            dset = f["x"].id
+            offset = dset.get_offset() if dset.get_offset() is not None else dset.get_chunk_info(0).byte_offset
+        src = HDF5Source(path, fields=["x"])
+        np.testing.assert_array_equal(src.read([1])["x"], arrays["x"][[1]])
+        self.edit_in_place(path, offset)
+        with pytest.raises(SourceError, match=r"e\.h5' \(fields \['x'\]\) changed.*modified in place"):
+            src.read([1])
+
+    def test_a_truncating_rewrite_after_a_first_read_is_refused_not_a_crash(self, tmp_path, arrays):
+        """h5py "w" truncates the same inode: reading the old map would be a SIGBUS."""
+        path = write(tmp_path / "w.h5", {"x": np.arange(200_000.0).reshape(-1, 8)})
+        src = HDF5Source(path)
+        assert src.readers == {"x": "memmap"}
+        src.read([24_999])
+        write(path, {"x": np.arange(10.0)})
+        with pytest.raises(SourceError, match=r"w\.h5' .*changed after this source was created \(size"):
+            src.read([24_999])
+
+    def test_a_file_replaced_before_its_h5py_handle_opens_is_refused(self, tmp_path, arrays):
+        """A memory-mapped field is read first; the chunk-read field opens h5py on the new file later."""
+        path = tmp_path / "r.h5"
+        with h5py.File(path, "w") as f:
+            f["x"] = arrays["x"]
+            f.create_dataset("y", data=arrays["id"], chunks=(50,), compression="gzip")
+        src = HDF5Source(path)
+        src.read([0], fields=["x"])
+        with h5py.File(tmp_path / "new.h5", "w") as f:
+            f.create_dataset("pad", data=np.full(1000, 7.0))
+            f["x"] = arrays["x"] * 100
+            f.create_dataset("y", data=arrays["id"] * 100, chunks=(50,), compression="gzip")
+        os.replace(tmp_path / "new.h5", path)
+        with pytest.raises(SourceError, match=r"r\.h5' .*changed after this source was created \(replaced"):
+            src.read([0])

@@ -26,8 +26,16 @@ The read path is chosen per dataset, once, at construction (``src.readers``):
 
 Every way, rows come back in the order asked. The source holds the path and this metadata only:
 handles are opened lazily in each process, reopened when the process id changes (fork), and
-dropped when pickled (spawn, forkserver). The file's size and modification time are recorded at
-construction; a process that finds them changed refuses to read rather than return other data.
+dropped when pickled (spawn, forkserver).
+
+# NOTE [ HDF5 file changes ]
+The file's size, modification time, inode and device are recorded at construction (the stamp).
+Each process opens one descriptor and checks it with ``os.fstat`` against the stamp, checks the
+h5py handle the same way when it opens it, and re-checks the descriptor before every read
+(about a microsecond), so a file edited in place, replaced (``os.replace``) or rewritten
+(h5py ``"w"`` truncates the same inode: touching a mapped page past the new end is a SIGBUS) is
+refused with a SourceError before the memory map is touched, never read as other data. A change
+between that check and the read, or within the file system's timestamp granularity, is not seen.
 """
 
 from __future__ import annotations
@@ -273,7 +281,7 @@ class HDF5Source:
         with open_hdf5(self.path, None if requested is None else list(requested)) as f:
             names = {n: n for n in _dataset_names(f)} if requested is None else requested
             layouts = {name: _field_layout(self.path, f, name, dpath) for name, dpath in names.items()}
-            stat = self.path.stat()
+            stat = os.fstat(f.id.get_vfd_handle())
             for layout in layouts.values():
                 _check_extent(self.path, f, layout, stat.st_size)
         if not layouts:
@@ -282,7 +290,7 @@ class HDF5Source:
         self._layouts = layouts
         self._length = _common_length(self.path, layouts)
         self._readers = _choose_readers(layouts, self.resident_bytes)
-        self._stamp = (stat.st_size, stat.st_mtime_ns)
+        self._stamp = _stamp(stat)
         self._lock = threading.Lock()
         self._lock_pid = os.getpid()
         self._proc: _ProcessState | None = None
@@ -327,6 +335,7 @@ class HDF5Source:
     ) -> dict[str, np.ndarray]:
         idx = check_indices(indices, self._length)
         state = self._state()
+        state.check()
         return {
             name: state.read(self._layouts[name], self._readers[name], idx)
             for name in check_fields(fields, self._layouts)
@@ -369,38 +378,51 @@ class HDF5Source:
             self._lock, self._lock_pid = threading.Lock(), pid
         with self._lock:
             if self._proc is None or self._proc.pid != pid:
-                self._check_unchanged()
                 self._proc = _ProcessState(self, pid)
             return self._proc
 
-    def _check_unchanged(self) -> None:
-        try:
-            stat = self.path.stat()
-        except OSError as e:
-            msg = f"HDF5 file '{self.path}' (fields {list(self._layouts)}) cannot be opened any more: {e}."
-            raise SourceError(msg) from e
-        if (stat.st_size, stat.st_mtime_ns) != self._stamp:
-            msg = (
-                f"HDF5 file '{self.path}' (fields {list(self._layouts)}) changed after this source was created "
-                f"(size {self._stamp[0]} -> {stat.st_size} bytes). Create a new HDF5Source for the new file."
-            )
-            raise SourceError(msg)
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+
+
+def _check_unchanged(fd: int, stamp: tuple[int, int, int, int], what: str) -> None:
+    """Refuse to read through ``fd`` unless it is the file stamped at construction (NOTE [ HDF5 file changes ])."""
+    now = _stamp(os.fstat(fd))
+    if now != stamp:
+        if now[2:] != stamp[2:]:
+            how = "replaced by another file"
+        elif now[0] != stamp[0]:
+            how = f"size {stamp[0]} -> {now[0]} bytes"
+        else:
+            how = "modified in place"
+        msg = f"{what} changed after this source was created ({how}). Create a new HDF5Source for the new file."
+        raise SourceError(msg)
 
 
 class _ProcessState:
     """One process's handles: the memory map, the h5py file, the chunk caches. Never pickled."""
 
     def __init__(self, source: HDF5Source, pid: int) -> None:
-        self.path, self.pid = source.path, pid
+        self.path, self.pid, self.stamp = source.path, pid, source._stamp
+        self.what = f"HDF5 file '{source.path}' (fields {list(source._layouts)})"
         self.lock = threading.Lock()
         self.caches = {
             name: _BlockCache(lay, slots) for name, (lay, slots) in source._cache_slots().items()
         }
         self._map: mmap.mmap | None = None
-        self._fd: int | None = None
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise SourceError(f"{self.what} cannot be opened any more: {e}.") from e
+        weakref.finalize(self, os.close, self._fd)
+        _check_unchanged(self._fd, self.stamp, self.what)
         self._views: dict[str | int, np.ndarray] = {}
         self._file: h5py.File | None = None
         self._datasets: dict[str, tuple[h5py.h5d.DatasetID, h5py.h5s.SpaceID]] = {}
+
+    def check(self) -> None:
+        _check_unchanged(self._fd, self.stamp, self.what)
 
     def read(self, layout: FieldLayout, reader: str, idx: np.ndarray) -> np.ndarray:
         if reader == "blocks":
@@ -417,8 +439,7 @@ class _ProcessState:
         if view is None:
             with self.lock:
                 if self._map is None:
-                    with self.path.open("rb") as fh:
-                        self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
                 if layout.offset is not None:
                     view = np.ndarray(layout.shape, layout.dtype, buffer=self._map, offset=layout.offset)
                 else:
@@ -438,11 +459,6 @@ class _ProcessState:
         row = layout.row_bytes
         if idx.size == 0 or row == 0:
             return out
-        if self._fd is None:
-            with self.lock:
-                if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDONLY)
-                    weakref.finalize(self, os.close, self._fd)
         offsets = layout.row_offsets(idx)
         order = np.argsort(offsets, kind="stable")
         offsets = offsets[order]
@@ -479,7 +495,13 @@ class _ProcessState:
         found = self._datasets.get(layout.name)
         if found is None:
             if self._file is None:
-                self._file = h5py.File(self.path, "r")
+                handle = h5py.File(self.path, "r")
+                try:
+                    _check_unchanged(handle.id.get_vfd_handle(), self.stamp, self.what)
+                except SourceError:
+                    handle.close()
+                    raise
+                self._file = handle
             dset = self._file[layout.path].id
             found = self._datasets[layout.name] = (dset, dset.get_space())
         return found

@@ -46,6 +46,21 @@ class Jittered(Dataset):
         return {"x": rows["x"][:, None] + noise, "id": rows["x"].astype("int64")}, rows["x"] % 3
 
 
+class Augmented(Dataset):
+    """x plus noise from self.batch_rng() in build_batch, the README's way: no index, no epoch."""
+
+    def build_batch(self, rows):
+        return (rows["x"] + self.batch_rng().random(len(rows["x"])),)
+
+
+class AugmentedAfter(Dataset):
+    """A get_batch override that draws self.batch_rng(index) after super().get_batch returns."""
+
+    def get_batch(self, index, epoch=None):
+        (x,) = super().get_batch(index, epoch)
+        return (x["x"] + self.batch_rng(index).random(len(x["x"])),)
+
+
 class LegacyRandom(Dataset):
     """Draws from the global np.random, like much pre-kseq augmentation code."""
 
@@ -222,6 +237,30 @@ class TestDeterminism:
         with jittered(workers=1, use_multiprocessing=True, start_method=start_method) as ds:
             served = epochs_of(ds)
         assert_same_batches(served, epochs_of(jittered()))
+
+    @pytest.mark.parametrize("cls", [Augmented, AugmentedAfter])
+    @pytest.mark.parametrize("mode", ["threads", "2 processes"])
+    def test_batch_rng_without_epoch_follows_the_batch_not_the_stale_epoch(self, cls, mode):
+        """Workers hold a frozen or a moving ds.epoch; batch_rng() uses the epoch of the batch it builds."""
+
+        def served(**kwargs):
+            with cls({"x": np.arange(40.0)}, batch_size=8, seed=3, shuffle=False, **kwargs) as ds:
+                out = []
+                for _ in range(3):
+                    out.append(np.stack([ds[i][0] for i in range(len(ds))]))
+                    ds.on_epoch_end()
+                return out
+
+        inline, workers = served(), served(**MODES[mode])
+        for a, b in zip(inline, workers, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(inline[0], inline[1])
+
+    def test_batch_rng_without_arguments_outside_a_batch_is_refused(self):
+        ds = Augmented({"x": np.arange(8.0)}, batch_size=4, seed=0)
+        with pytest.raises(StructureError, match=r"batch_rng\(index, epoch\)"):
+            ds.batch_rng()
+        np.testing.assert_array_equal(ds.batch_rng(1, 2).random(3), ds.batch_rng(1, 2).random(3))
 
     def test_global_numpy_random_is_reseeded_per_batch_in_processes(self):
         """Legacy np.random draws: no two batches repeat, and one or two workers draw the same."""

@@ -21,7 +21,7 @@ from kseq.samplers import (
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check
-from kseq.workers import BatchLoader, WorkerConfig
+from kseq.workers import BatchLoader, WorkerConfig, batch_context, current_batch
 
 __all__ = ["Dataset"]
 
@@ -55,8 +55,8 @@ class Dataset(keras.utils.PyDataset):
     The pool starts on the first batch, prefetches in the order batches will be asked
     for, and is kept across epochs and ``fit`` calls until :meth:`close`, the end of a
     ``with`` block, garbage collection, or exit. Batches are identical for any worker
-    count, thread or process, and start method. Random transforms should draw from
-    ``self.batch_rng(index, epoch)``; in worker processes the global ``np.random`` and
+    count, thread or process, and start method. Random transforms in :meth:`build_batch`
+    should draw from ``self.batch_rng()`` (the batch being built); in worker processes the global ``np.random`` and
     ``random`` are also reseeded from ``(seed, epoch, index)`` before every batch. A
     failure in a worker raises :class:`~kseq.errors.WorkerError` with its traceback and
     batch index; a worker that dies is reported at once, never a hang. Workers hold the
@@ -183,12 +183,32 @@ class Dataset(keras.utils.PyDataset):
         """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model."""
         epoch = self.epoch if epoch is None else int(epoch)
         index = _check_index(index, len(self))
-        batch = self.build_batch(self.read_rows(self.sampler.indices(epoch, index)))
+        with batch_context(epoch, index):
+            batch = self.build_batch(self.read_rows(self.sampler.indices(epoch, index)))
         return _as_batch_tuple(batch, type(self).__name__)
 
-    def batch_rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
-        """A generator for random per-sample transforms in batch ``index``, seeded by ``(seed, epoch, index)``."""
-        return batch_rng(self.seed, self.epoch if epoch is None else epoch, index)
+    def batch_rng(self, index: int | None = None, epoch: int | None = None) -> np.random.Generator:
+        """A generator for random per-sample transforms, seeded by ``(seed, epoch, index)``.
+
+        With no arguments, inside :meth:`build_batch` or :meth:`read_rows` (or a
+        :meth:`get_batch` override run by a worker), it is the batch being computed:
+        the same inline, in threads and in processes. ``epoch`` defaults to the
+        batch's epoch there, and to ``self.epoch`` outside a batch.
+        """
+        current = current_batch()
+        if index is None:
+            if current is None:
+                msg = (
+                    "batch_rng() without arguments must be called while a batch is being built (inside "
+                    "build_batch or read_rows), where it knows the batch. Received a call outside a batch. "
+                    "Pass the batch explicitly: batch_rng(index, epoch)."
+                )
+                raise StructureError(msg)
+            epoch_now, index = current
+            return batch_rng(self.seed, epoch_now if epoch is None else epoch, index)
+        if epoch is None:
+            epoch = current[0] if current is not None else self.epoch
+        return batch_rng(self.seed, epoch, index)
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""

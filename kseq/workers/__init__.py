@@ -9,7 +9,10 @@ through shared memory instead of pickles. See the NOTE blocks in ``loader.py``,
 """
 
 from kseq.workers.config import WorkerConfig, default_start_method
+from kseq.workers.context import batch_context, current_batch
 from kseq.workers.loader import BatchLoader
 from kseq.workers.malloc import tune_malloc
 
-__all__ = ["BatchLoader", "WorkerConfig", "default_start_method", "tune_malloc"]
+__all__ = [
+    "BatchLoader", "WorkerConfig", "batch_context", "current_batch", "default_start_method", "tune_malloc",
+]

@@ -36,6 +36,7 @@ from typing import Any
 
 from kseq.errors import WorkerError
 from kseq.workers.backend import Done, Key, in_window, reseed_globals
+from kseq.workers.context import batch_context
 from kseq.workers.malloc import tune_malloc
 from kseq.workers.pickling import dumps_for_workers
 from kseq.workers.shm import SlotPool, SlotWriter
@@ -299,7 +300,8 @@ def _serve(conn: Connection, dataset: Any, writer: SlotWriter, parent_pid: int, 
 def _compute(dataset: Any, writer: SlotWriter, epoch: int, index: int, path: str) -> tuple:
     reseed_globals(getattr(dataset, "seed", 0), epoch, index)
     try:
-        skeleton, arrays = flatten(dataset.get_batch(index, epoch))
+        with batch_context(epoch, index):
+            skeleton, arrays = flatten(dataset.get_batch(index, epoch))
         return ("ok", (epoch, index), (skeleton, writer.write(path, arrays)))
     except Exception as e:
         return ("error", (epoch, index), (traceback.format_exc(), _dumps(e)))

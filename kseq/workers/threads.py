@@ -12,6 +12,7 @@ from concurrent import futures
 from typing import Any
 
 from kseq.workers.backend import Done, Key, in_window
+from kseq.workers.context import batch_context
 
 __all__ = ["ThreadPool"]
 
@@ -68,6 +69,7 @@ class ThreadPool:
         if not in_window(epoch, self._window):
             return Done(key, "skipped", None, name)
         try:
-            return Done(key, "ok", dataset.get_batch(index, epoch), name)
+            with batch_context(epoch, index):
+                return Done(key, "ok", dataset.get_batch(index, epoch), name)
         except Exception as e:
             return Done(key, "error", (traceback.format_exc(), e), name)

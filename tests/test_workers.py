@@ -506,6 +506,16 @@ class TestPrefetch:
         finally:
             ds.close()
 
+    def test_a_restart_at_zero_is_a_new_pass_not_disorder(self):
+        """0, 1, then 0, 1, 2...: what TF's predict and a peek at ds[0] do; no warning, prefetching goes on."""
+        with self.recording(max_queue_size=3) as ds, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds[0], ds[1]
+            batches = [ds[i] for i in range(4)]
+            assert wait_for(lambda: (0, 6) in ds.computed)
+        for i, batch in enumerate(batches):
+            np.testing.assert_array_equal(batch[0]["x"], ds.get_batch(i)[0]["x"])
+
     def test_in_order_requests_do_not_warn(self):
         with jittered(**PROCESSES) as ds, warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -546,6 +556,20 @@ class TestFit:
                 trained.append(model.get_weights())
         for inline, workers in zip(*trained, strict=True):
             np.testing.assert_allclose(inline, workers, rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.portable
+    def test_predict_with_workers_matches_inline_without_warning(self):
+        """TF's predict reads batches 0 and 1 for its signature and starts again at 0: not out of order."""
+        data = regression(64)
+        model = linear_model()
+        predictions = []
+        for kwargs in ({}, {"workers": 2}):
+            with MultiInputDataset(data, inputs="x", batch_size=16, shuffle=False, **kwargs) as ds:
+                with warnings.catch_warnings(record=True) as record:
+                    warnings.simplefilter("always")
+                    predictions.append(model.predict(ds, verbose=0))
+                assert not [w for w in record if "kseq" in str(w.message) or "out of order" in str(w.message)]
+        np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-6)
 
     def test_fit_shuffle_true_warns_once_and_still_trains(self):
         with MultiInputDataset(regression(), inputs="x", targets="y", batch_size=32, seed=0, **PROCESSES) as ds:

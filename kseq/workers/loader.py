@@ -13,7 +13,10 @@ which covers the start of the next epoch too, so no epoch starts cold.
 the indices. The loader then stays correct by serving whatever is asked on
 demand, keeping the workers busy with indices of the epoch not yet served, and
 warns once: kseq already shuffles samples from ``(seed, epoch)``, so
-``fit(..., shuffle=False)`` loses nothing and restores prefetching.
+``fit(..., shuffle=False)`` loses nothing and restores prefetching. A request
+for batch 0 within the same epoch is a new pass, not disorder (TF's ``predict``
+reads batches 0 and 1 for its signature, then starts again at 0; a user peeks
+at ``ds[0]``): it starts in order again, without a warning.
 """
 
 from __future__ import annotations
@@ -168,6 +171,8 @@ class BatchLoader:
             self._pool.set_window(epoch)  # type: ignore[union-attr]
             for key in [k for k in self._ready if not self._useful(k)]:
                 self._pool.discard(self._ready.pop(key))  # type: ignore[union-attr]
+        if index == 0 and self._last is not None:  # a new pass over the epoch (TF predict's signature, a peek)
+            self._served, self._last, self._in_order = set(), None, True
         expected = 0 if self._last is None else self._last + 1
         if index != expected and self._in_order:
             self._in_order = False

@@ -3,6 +3,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import pytest
 from kseq import Dataset, MultiInputDataset, SourceError, StructureError
 from kseq.samplers.block import BlockShuffleSampler, block_permutation
 from kseq.sources import as_source
-from kseq.sources.hdf5 import HDF5Source, describe
+from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_groups, describe
 
 N = 1000
 LAYOUTS = {
@@ -464,3 +465,42 @@ class TestFileChanges:
         os.replace(tmp_path / "new.h5", path)
         with pytest.raises(SourceError, match=r"r\.h5' .*changed after this source was created \(replaced"):
             src.read([0])
+
+
+@pytest.mark.skipif(not hasattr(os, "preadv"), reason="os.preadv is not available")
+class TestPreadv:
+    """Reads of 2 GiB or more: Linux transfers at most 0x7ffff000 bytes per call."""
+
+    @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="a 3 GiB hole reads fast only from tmpfs")
+    def test_a_short_read_is_continued_from_where_it_stopped(self):
+        """2 GiB into one aliased 2 MiB buffer from a sparse file on tmpfs: no disk, 2 MiB of memory,
+        0.1 s (the same hole on ext4 takes 5 s, so the test needs /dev/shm)."""
+        fd, name = tempfile.mkstemp(dir="/dev/shm")
+        try:
+            os.ftruncate(fd, 3 << 30)
+            os.pwrite(fd, b"\x07", (2 << 30) - 1)
+            buf = bytearray(2 << 20)
+            assert _preadv_all(fd, [memoryview(buf)] * 1024, 0) == 2 << 30
+            assert buf[-1] == 7
+        finally:
+            os.close(fd)
+            os.unlink(name)
+
+    def test_only_the_end_of_the_file_stops_a_read(self, tmp_path):
+        path = tmp_path / "short.bin"
+        path.write_bytes(bytes(range(10)))
+        bufs = [memoryview(bytearray(4)) for _ in range(4)]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert _preadv_all(fd, bufs, 0) == 10
+        finally:
+            os.close(fd)
+        assert bytes(bufs[2][:2]) == bytes([8, 9])
+
+    def test_runs_are_split_by_buffer_count_and_bytes(self):
+        groups = list(_read_groups([0, 3000], 3010, row=1 << 20))
+        assert groups[0] == (0, 1024)
+        assert groups[-1] == (3000, 3010)
+        assert [stop - first for first, stop in _read_groups([0], 10, row=1 << 30)] == [1] * 10
+        assert {stop - first for first, stop in _read_groups([0], 1022, row=4 << 20)} == {511}  # 511 x 4 MiB < 2 GiB
+        assert list(_read_groups([0], 5, row=100, max_bytes=250)) == [(0, 2), (2, 4), (4, 5)]

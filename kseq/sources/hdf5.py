@@ -63,6 +63,7 @@ _LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py
 _TARGET_BLOCK_BYTES = 1 << 20  # block rows for datasets without chunks (compact, external, unallocated)
 _MB = 1 << 20
 _IOV_MAX = 1024  # buffers per os.preadv call (POSIX guarantees at least 16; Linux and macOS allow 1024)
+_MAX_READ = 0x7FFFF000  # bytes Linux transfers per read call at most (MAX_RW_COUNT); more comes back short
 
 
 @dataclass(frozen=True, eq=False)
@@ -465,16 +466,15 @@ class _ProcessState:
         starts = np.flatnonzero(np.r_[True, np.diff(offsets) != row]).tolist()
         flat = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
         views = [flat[p * row : (p + 1) * row] for p in order.tolist()]
-        for start, stop in zip(starts, [*starts[1:], idx.size], strict=True):
-            for first in range(start, stop, _IOV_MAX):
-                part = views[first : min(stop, first + _IOV_MAX)]
-                got = os.preadv(self._fd, part, int(offsets[first]))
-                if got != len(part) * row:
-                    msg = (
-                        f"Field {layout.name!r} (dataset '/{layout.path}') of '{self.path}': read {got} of "
-                        f"{len(part) * row} bytes at byte {int(offsets[first])}. The file is truncated; write it again."
-                    )
-                    raise SourceError(msg)
+        for first, stop in _read_groups(starts, idx.size, row):
+            want = (stop - first) * row
+            got = _preadv_all(self._fd, views[first:stop], int(offsets[first]))
+            if got != want:
+                msg = (
+                    f"Field {layout.name!r} (dataset '/{layout.path}') of '{self.path}': read {got} of "
+                    f"{want} bytes at byte {int(offsets[first])}. The file is truncated; write it again."
+                )
+                raise SourceError(msg)
         return out
 
     def _load(self, layout: FieldLayout, start: int, out: np.ndarray) -> None:
@@ -505,6 +505,32 @@ class _ProcessState:
             dset = self._file[layout.path].id
             found = self._datasets[layout.name] = (dset, dset.get_space())
         return found
+
+
+def _read_groups(starts: Sequence[int], size: int, row: int, max_bytes: int = _MAX_READ) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` slices of rows for one ``preadv`` each: runs of consecutive rows (``starts``,
+    among ``size`` rows), split into at most ``_IOV_MAX`` rows and ``max_bytes`` bytes (at least one row)."""
+    step = max(1, min(_IOV_MAX, max_bytes // max(1, row)))
+    for start, stop in zip(starts, [*starts[1:], size], strict=True):
+        for first in range(start, stop, step):
+            yield first, min(stop, first + step)
+
+
+def _preadv_all(fd: int, buffers: list[memoryview], offset: int) -> int:
+    """Fill ``buffers`` from byte ``offset`` of ``fd``, calling ``os.preadv`` again after a short read
+    from where it stopped. Returns the bytes read: fewer than asked only at the end of the file."""
+    total, first, buffers = 0, 0, list(buffers)
+    while first < len(buffers):
+        got = os.preadv(fd, buffers[first : first + _IOV_MAX], offset)
+        if got == 0:
+            break
+        total, offset = total + got, offset + got
+        while first < len(buffers) and got >= len(buffers[first]):
+            got -= len(buffers[first])
+            first += 1
+        if got:
+            buffers[first] = buffers[first][got:]
+    return total
 
 
 _Loader = Callable[[FieldLayout, int, np.ndarray], None]

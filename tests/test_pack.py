@@ -185,3 +185,30 @@ class TestErrors:
     def test_object_columns_are_refused(self, tmp_path):
         with pytest.raises(StructureError, match=r"datetime64.*cannot store"):
             pack(tmp_path / "d.h5", {"t": np.array(["2024-01-01"], dtype="datetime64[D]")}, progress=False)
+
+
+class TestDtypes:
+    def test_a_wider_dtype_in_a_later_batch_is_refused_not_clamped(self, tmp_path):
+        stream = iter([{"n": np.arange(2, dtype="int32")}, {"n": np.array([2**40, 3], dtype="int64")}])
+        with pytest.raises(StructureError, match=r"Field 'n': batch 1 has dtype int64.*int32.*dtypes=\{'n': 'int64'\}"):
+            pack(tmp_path / "n.h5", stream, progress=False)
+        assert not (tmp_path / "n.h5").exists()
+
+    def test_dtypes_fixes_the_stored_dtype_for_wider_later_batches(self, tmp_path):
+        stream = iter([
+            {"n": np.arange(2, dtype="int32"), "s": np.array(["ab", "c"])},
+            {"n": np.array([2**40, 3], dtype="int64"), "s": np.array(["abcdéf", "x"])},
+        ])
+        src = pack(tmp_path / "d.h5", stream, dtypes={"n": "int64", "s": "S7"}, progress=False)
+        out = src.read([0, 1, 2, 3])
+        assert out["n"].tolist() == [0, 1, 2**40, 3]
+        assert out["s"].tolist() == [b"ab", b"c", "abcdéf".encode(), b"x"]
+        assert src.fields["s"][1] == np.dtype("S7")
+
+    @pytest.mark.parametrize(
+        ("dtypes", "match"),
+        [({"nope": "int64"}, r"dtypes names \['nope'\], which are not fields"), ({"n": "O"}, r"fixed-size rows")],
+    )
+    def test_bad_dtypes(self, tmp_path, dtypes, match):
+        with pytest.raises(StructureError, match=match):
+            pack(tmp_path / "b.h5", {"n": np.arange(3)}, dtypes=dtypes, progress=False)

@@ -48,6 +48,7 @@ def pack(
     compression: str | None = None,
     compression_opts: int | None = None,
     length: int | None = None,
+    dtypes: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | TextIO = True,
 ) -> HDF5Source:
@@ -64,14 +65,18 @@ def pack(
         compression: ``None``, ``"gzip"`` or ``"lzf"`` (needs chunks).
         compression_opts: the gzip level (0-9).
         length: the total rows of an iterable, when known: writes contiguous datasets directly.
+        dtypes: ``{name: dtype}`` to store fields with, instead of the first batch's dtypes: for a
+            stream whose later batches are wider (``"int64"``, ``"float64"``, ``"S64"`` for strings
+            of up to 64 UTF-8 bytes). Every batch must cast to its field's dtype without loss.
         overwrite: replace an existing file.
         progress: a progress bar on stderr (``True``), none (``False``), or a stream to draw it on.
 
     Strings (numpy ``U`` or DataFrame text columns) are stored as UTF-8 fixed-length bytes.
 
     Raises:
-        StructureError: fields of unequal length, batches that disagree in fields, shapes or
-            dtypes, a stream whose length differs from ``length``, or a bad option.
+        StructureError: fields of unequal length, batches that disagree in fields or shapes, a
+            batch that does not cast to its field's dtype without loss (``int64`` rows into an
+            ``int32`` field), a stream whose length differs from ``length``, or a bad option.
         SourceError: ``path`` exists (without ``overwrite``) or cannot be written.
 
     Example:
@@ -86,6 +91,7 @@ def pack(
         msg = f"'{path}' already exists. Expected a new file name; pass overwrite=True (--overwrite) to replace it."
         raise SourceError(msg)
     compressed = _check_compression(compression, compression_opts)
+    stored = _check_dtypes(dtypes)
     batches, total = _batches(fields, length)
     chunk_rows = _chunk_rows(chunks, compressed)
     contiguous = chunk_rows is None
@@ -94,10 +100,10 @@ def pack(
     staged = tmp.with_name(tmp.name + ".staged")
     try:
         if contiguous and total is None:
-            _write(staged, batches, None, "auto", None, None, bar)
+            _write(staged, batches, None, "auto", None, None, bar, stored)
             _copy_contiguous(staged, tmp, _Progress(None, f"lay out {path.name}", progress))
         else:
-            _write(tmp, batches, total, chunk_rows, compression, compression_opts, bar)
+            _write(tmp, batches, total, chunk_rows, compression, compression_opts, bar, stored)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, staged):
@@ -113,6 +119,28 @@ def _check_compression(compression: str | None, level: int | None) -> bool:
         msg = f"compression_opts is the gzip level; received compression_opts={level!r} with {compression=}."
         raise StructureError(msg)
     return compression is not None
+
+
+def _check_dtypes(dtypes: Mapping[str, Any] | None) -> dict[str, np.dtype]:
+    if dtypes is None:
+        return {}
+    if not isinstance(dtypes, Mapping):
+        msg = f"dtypes must be {{field_name: dtype}}. Received {type(dtypes).__name__}."
+        raise StructureError(msg)
+    stored = {}
+    for name, dtype in dtypes.items():
+        try:
+            stored[str(name)] = np.dtype(dtype)
+        except TypeError as e:
+            msg = f"dtypes[{name!r}] = {dtype!r} is not a numpy dtype ({e}). Expected e.g. 'int64', 'float32', 'S64'."
+            raise StructureError(msg) from e
+        if stored[str(name)].kind not in "biufcS":
+            msg = (
+                f"dtypes[{name!r}] = {stored[str(name)]} cannot be stored as fixed-size rows. Expected numbers, "
+                "booleans or fixed-length bytes ('S<n>', n the longest string in UTF-8 bytes)."
+            )
+            raise StructureError(msg)
+    return stored
 
 
 def _chunk_rows(chunks: object, compressed: bool) -> int | str | None:
@@ -192,6 +220,7 @@ def _write(
     compression: str | None,
     level: int | None,
     bar: _Progress,
+    dtypes: Mapping[str, np.dtype],
 ) -> None:
     written = 0
     try:
@@ -199,7 +228,7 @@ def _write(
             datasets: dict[str, h5py.Dataset] = {}
             for number, batch in enumerate(batches):
                 if not datasets:
-                    datasets = _create(f, batch, total, chunk_rows, compression, level)
+                    datasets = _create(f, batch, total, chunk_rows, compression, level, dtypes)
                 _check_batch(batch, datasets, number)
                 n = len(next(iter(batch.values())))
                 if total is not None and written + n > total:
@@ -227,7 +256,12 @@ def _create(
     chunk_rows: int | str | None,
     compression: str | None,
     level: int | None,
+    dtypes: Mapping[str, np.dtype],
 ) -> dict[str, h5py.Dataset]:
+    unknown = sorted(set(dtypes) - set(first))
+    if unknown:
+        msg = f"dtypes names {unknown}, which are not fields. Expected names among {list(first)}."
+        raise StructureError(msg)
     widest = max(max(1, a[:1].nbytes) for a in first.values())
     rows = max(1, _CHUNK_BYTES // widest) if chunk_rows == "auto" else chunk_rows
     if rows is None and total is None:
@@ -242,7 +276,7 @@ def _create(
             name,
             shape=(total or 0, *trailing),
             maxshape=None if total else (None, *trailing),
-            dtype=array.dtype,
+            dtype=dtypes.get(name, array.dtype),
             chunks=None if rows is None else (rows, *trailing),
             compression=compression,
             compression_opts=level,
@@ -274,11 +308,16 @@ def _check_batch(batch: dict[str, np.ndarray], datasets: Mapping[str, h5py.Datas
         if array.dtype.kind == "S" and array.dtype.itemsize > dset.dtype.itemsize:
             msg = (
                 f"Field {name!r}: batch {number} has strings of {array.dtype.itemsize} bytes; the first batch "
-                f"fixed {dset.dtype.itemsize}. Cast the column to one width first, e.g. .astype('S64')."
+                f"fixed {dset.dtype.itemsize}. Pass dtypes={{{name!r}: 'S<n>'}} with n the longest string in "
+                "UTF-8 bytes, or cast the column to one width first, e.g. .astype('S64')."
             )
             raise StructureError(msg)
-        if not np.can_cast(array.dtype, dset.dtype, casting="same_kind"):
-            msg = f"Field {name!r}: batch {number} has dtype {array.dtype}; the first batch had {dset.dtype}."
+        if not np.can_cast(array.dtype, dset.dtype, casting="safe"):
+            msg = (
+                f"Field {name!r}: batch {number} has dtype {array.dtype}, which does not fit the field's "
+                f"{dset.dtype} (fixed by the first batch or dtypes=) without loss. Make the first batch the "
+                f"wider dtype, or pass dtypes={{{name!r}: '{np.result_type(array.dtype, dset.dtype)}'}}."
+            )
             raise StructureError(msg)
 
 

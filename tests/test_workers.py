@@ -96,6 +96,10 @@ class Slow(Dataset):
         return (rows,)
 
 
+class Brief(Slow):
+    delay = 0.2
+
+
 class Recording(Dataset):
     """Records every (epoch, index) it computes (threads share the list)."""
 
@@ -306,6 +310,19 @@ class TestPool:
         gc.collect()
         assert children() - before == set()
         assert segments() == []
+
+    def test_dropping_a_thread_dataset_mid_flight_raises_nothing(self, monkeypatch):
+        """The last reference may go in a worker thread, which finalizes the pool there: no join of itself."""
+        errors = []
+        monkeypatch.setattr(sys, "unraisablehook", errors.append)
+        monkeypatch.setattr(threading, "excepthook", errors.append)
+        before = set(threading.enumerate())
+        ds = Brief({"x": np.arange(80)}, batch_size=8, shuffle=False, workers=2, max_queue_size=4)
+        ds[0]
+        del ds
+        assert wait_for(lambda: set(threading.enumerate()) <= before, 5.0)
+        gc.collect()
+        assert errors == []
 
     def test_a_closed_dataset_starts_a_new_pool_on_demand(self):
         ds = jittered(**PROCESSES)

@@ -34,7 +34,10 @@ class ThreadPool:
     """
 
     def __init__(self, *, workers: int) -> None:
-        self._executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kseq-worker")
+        self._idents: set[int] = set()
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="kseq-worker", initializer=self._register
+        )
         self._futures: dict[futures.Future, Key] = {}
         self._window = 0
 
@@ -60,8 +63,14 @@ class ThreadPool:
         pass
 
     def close(self, *, graceful: bool) -> None:
-        self._executor.shutdown(wait=graceful, cancel_futures=True)
+        # A dataset dropped while batches are in flight is finalized in the worker thread that held it
+        # last; that thread cannot join itself, so it asks the others to stop and returns.
+        own = threading.get_ident() in self._idents
+        self._executor.shutdown(wait=graceful and not own, cancel_futures=True)
         self._futures.clear()
+
+    def _register(self) -> None:
+        self._idents.add(threading.get_ident())
 
     def _run(self, dataset: Any, key: Key) -> Done:
         epoch, index = key

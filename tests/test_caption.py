@@ -211,6 +211,16 @@ class TestSampling:
         assert {p for seen in epochs for p in seen} == set(all_pairs(corpus[1]))
         assert sorted(epochs[0]) != sorted(epochs[1])
 
+    def test_unshuffled_one_draws_the_same_captions_every_epoch(self, corpus):
+        """shuffle=False is a fixed validation set: one caption per image, in image order, never redrawn."""
+        ds = CaptionDataset(*corpus, batch_size=7, seed=3, shuffle=False)
+        epochs = [pairs(ds, e) for e in range(4)]
+        assert epochs[0] == epochs[1] == epochs[2] == epochs[3]
+        assert [i for i, _ in epochs[0]] == list(range(30))
+        assert set(epochs[0]) <= set(all_pairs(corpus[1]))
+        other = CaptionDataset(*corpus, batch_size=7, seed=4, shuffle=False)
+        assert pairs(other, 0) != epochs[0]  # the draw still follows the seed
+
     def test_all_gives_every_pair_once_per_epoch_in_a_new_order(self, corpus):
         ds = CaptionDataset(*corpus, captions_per_image="all", batch_size=8, seed=3)
         first, second = pairs(ds, 0), pairs(ds, 1)

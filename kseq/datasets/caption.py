@@ -56,6 +56,8 @@ class CaptionSampler:
     Captions are numbered ``0..n-1`` and grouped by image (``image_of`` is sorted).
     ``one_per_image``: each epoch draws one caption per image from
     ``epoch_rng(seed, e)``; otherwise every caption appears once per epoch.
+    ``shuffle=False`` fixes everything at epoch 0's draw: the same captions, in
+    image order, every epoch (a validation set that does not move).
     ``bucket_window``: sort each window of that many batches by length, then shuffle
     the order of the full batches, so batches hold captions of similar length.
 
@@ -99,7 +101,7 @@ class CaptionSampler:
         return self.order(epoch)[start : start + self.batch_size]
 
     def _make(self, epoch: int) -> np.ndarray:
-        rng = epoch_rng(self.seed, epoch)
+        rng = epoch_rng(self.seed, epoch if self.shuffle else 0)  # shuffle=False: the same captions every epoch
         if self.one_per_image:
             ids = self._starts + (rng.random(len(self._starts)) * self._counts).astype(np.int64)
         else:
@@ -142,7 +144,9 @@ class CaptionDataset(Dataset):
         image_ids: the image (row of ``features``) each caption describes, flat forms only.
         features_field: the field of a Source that holds the features.
         captions_per_image: ``"one"``: each epoch, one caption per image, drawn from
-            ``(seed, epoch)``; ``"all"``: every (image, caption) pair once per epoch.
+            ``(seed, epoch)`` (with ``shuffle=False``, drawn once from ``seed``: the same
+            captions every epoch, as validation wants); ``"all"``: every (image, caption)
+            pair once per epoch.
         pad_value: the padding id; it may not occur inside a caption.
         max_length: truncate captions to this many tokens (decoder sequences ``max_length - 1``);
             longer captions are counted in ``num_truncated`` and warned about once.

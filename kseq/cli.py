@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from kseq.datasets import MultiInputDataset
 from kseq.errors import KseqError, SourceError, StructureError
+from kseq.sources.dataframe import DataFrameSource
 from kseq.sources.hdf5 import FieldLayout, describe
 from kseq.sources.pack import pack
 
@@ -22,6 +23,7 @@ __all__ = ["inspect", "main", "read_inputs"]
 
 _ARRAYS = (".npy", ".npz")
 _TABLES = (".csv", ".parquet", ".pq")
+_BATCH_ROWS = 65536  # table rows read (and written) at a time
 
 
 def _digits() -> dict[str, np.ndarray]:
@@ -73,11 +75,20 @@ def demo(epochs: int = 8, batch_size: int = 32, seed: int = 0) -> dict[str, floa
     return row
 
 
-def read_inputs(specs: Sequence[str], *, batch_rows: int = 65536) -> tuple[Any, int | None]:
+def read_inputs(specs: Sequence[str], *, batch_rows: int = _BATCH_ROWS) -> tuple[Any, int | None]:
     """Open ``pack``'s inputs lazily: ``[name=]file.npy`` (memory-mapped), ``[name=]file.npz`` (its
     arrays, under ``name/`` if given), or one CSV or Parquet table (``[name=]``: its columns under
     ``name/``), read ``batch_rows`` rows at a time. Returns what :func:`kseq.pack` takes, and the
     total rows when known without reading everything (``None`` for CSV).
+
+    A table is read twice: a first pass fixes each column's dtype over the whole file (the widest
+    number type any batch has; strings as ``S<n>``, ``n`` the longest in UTF-8 bytes), and every
+    batch is cast to those dtypes, so a later batch with longer strings or a decimal point fits.
+
+    Raises:
+        StructureError: a table with other inputs, an unsupported file type, or two inputs that
+            give one field name (``a/x.npy b/x.npy``; rename one with ``name=``).
+        SourceError: an input file that does not exist.
     """
     parsed = [_parse_spec(spec) for spec in specs]
     tables = [(name, path) for name, path in parsed if path.suffix.lower() in _TABLES]
@@ -90,12 +101,21 @@ def read_inputs(specs: Sequence[str], *, batch_rows: int = 65536) -> tuple[Any, 
     if tables:
         return _read_table(*tables[0], batch_rows)
     fields: dict[str, np.ndarray] = {}
-    for name, path in parsed:
+    origin: dict[str, str] = {}
+    for spec, (name, path) in zip(specs, parsed, strict=True):
         if path.suffix.lower() == ".npy":
-            fields[name or path.stem] = np.load(path, mmap_mode="r")
+            found = {name or path.stem: np.load(path, mmap_mode="r")}
         else:
             with np.load(path) as archive:
-                fields.update({f"{name}/{key}" if name else key: archive[key] for key in archive.files})
+                found = {f"{name}/{key}" if name else key: archive[key] for key in archive.files}
+        for field, array in found.items():
+            if field in fields:
+                msg = (
+                    f"Field {field!r} comes from two inputs: '{origin[field]}' and '{spec}'. Expected one "
+                    f"input per field name. Rename one with name=, e.g. 'other_{field.split('/')[0]}={spec}'."
+                )
+                raise StructureError(msg)
+            fields[field], origin[field] = array, spec
     return fields, None
 
 
@@ -111,36 +131,109 @@ def _parse_spec(spec: str) -> tuple[str | None, Path]:
     return name, path
 
 
-def _read_table(name: str | None, path: Path, batch_rows: int) -> tuple[Iterator[pd.DataFrame], int | None]:
-    def named(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in frames:
-            yield frame.add_prefix(f"{name}/") if name else frame
-
+def _read_table(name: str | None, path: Path, batch_rows: int) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
     if path.suffix.lower() == ".csv":
-        return named(pd.read_csv(path, chunksize=batch_rows)), None
+        dtypes, text = _csv_dtypes(path, batch_rows)
+        frames = pd.read_csv(path, chunksize=batch_rows, dtype=dict.fromkeys(text, str))
+        return _cast(frames, dtypes, name, path), None
     try:
         import pyarrow.parquet as pq  # optional: Parquet input only
     except ImportError as e:
         msg = f"Reading Parquet ('{path}') needs pyarrow. Install it: pip install pyarrow."
         raise StructureError(msg) from e
     table = pq.ParquetFile(path)
+    dtypes = _parquet_dtypes(table, batch_rows)
     frames = (batch.to_pandas() for batch in table.iter_batches(batch_size=batch_rows))
-    return named(frames), table.metadata.num_rows
+    return _cast(frames, dtypes, name, path), table.metadata.num_rows
+
+
+def _cast(
+    frames: Iterable[pd.DataFrame], dtypes: dict[str, np.dtype], name: str | None, path: Path
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each batch as ``{field: array}`` in the dtypes fixed over the whole table (UTF-8 for text)."""
+    for frame in frames:
+        arrays = DataFrameSource(frame).arrays
+        batch = {}
+        for column, array in arrays.items():
+            dtype = dtypes[column]
+            value = np.char.encode(array, "utf-8") if array.dtype.kind == "U" else array
+            if not np.can_cast(value.dtype, dtype, casting="safe"):
+                msg = (
+                    f"Column {column!r} of '{path}': a batch of dtype {value.dtype} does not fit {dtype}, the "
+                    "dtype of the whole column found by a first pass. Was the file changed while it was packed?"
+                )
+                raise StructureError(msg)
+            batch[f"{name}/{column}" if name else column] = value.astype(dtype, copy=False)
+        yield batch
+
+
+def _csv_dtypes(path: Path, batch_rows: int) -> tuple[dict[str, np.dtype], list[str]]:
+    """A first pass over a CSV file: each column's dtype over all batches, and its text columns."""
+    numeric: dict[str, np.dtype] = {}
+    text: set[str] = set()
+    for frame in pd.read_csv(path, chunksize=batch_rows):
+        for column in frame.columns:
+            kind = frame[column].dtype
+            if isinstance(kind, np.dtype) and kind.kind in "biuf":
+                numeric[column] = np.result_type(numeric.get(column, kind), kind)
+            else:
+                text.add(column)
+    widths = dict.fromkeys(text, 1)
+    if text:  # again, the text columns only, read as text (a column may hold numbers in some batches)
+        for frame in pd.read_csv(path, chunksize=batch_rows, usecols=sorted(text), dtype=str):
+            for column in text:
+                longest = frame[column].dropna().str.encode("utf-8").str.len().max()
+                widths[column] = max(widths[column], 0 if pd.isna(longest) else int(longest))
+    dtypes = {column: np.dtype(f"S{width}") for column, width in widths.items()}
+    return {**numeric, **dtypes}, sorted(text)
+
+
+def _parquet_dtypes(table: Any, batch_rows: int) -> dict[str, np.dtype]:
+    """A first pass over a Parquet file: strings' longest UTF-8 length; integers with nulls (which
+    pandas turns into float64); every other column's dtype from the schema."""
+    import pyarrow as pa  # optional, as above
+    import pyarrow.compute as pc
+
+    schema = table.schema_arrow
+    texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    widths = dict.fromkeys(texts, 1)
+    nulls: set[str] = set()
+    for batch in table.iter_batches(batch_size=batch_rows):
+        for column, values in zip(batch.schema.names, batch.columns, strict=True):
+            if column in widths:
+                longest = pc.max(pc.binary_length(values)).as_py()
+                widths[column] = max(widths[column], longest or 0)
+            elif values.null_count:
+                nulls.add(column)
+    dtypes = {}
+    for f in schema:
+        if f.name in widths:
+            dtypes[f.name] = np.dtype(f"S{widths[f.name]}")
+        else:
+            dtype = np.dtype(f.type.to_pandas_dtype())
+            dtypes[f.name] = np.dtype("float64") if f.name in nulls and dtype.kind in "iu" else dtype
+    return dtypes
 
 
 def inspect(path: str | Path) -> str:
     """A table of every dataset in an HDF5 file: shape, dtype, layout, chunks, compression, size, read path."""
     layouts = describe(path)
     size = Path(path).stat().st_size
-    lengths = {lay.shape[0] if lay.shape else None for lay in layouts}
-    rows = f"{lengths.pop():,} rows" if len(lengths) == 1 else "first dimensions differ"
+    if not layouts:
+        return f"{path}: {_size(size)}, 0 datasets\nnote: no datasets to read; write some with `python -m kseq pack`"
+    lengths = {lay.shape[0] for lay in layouts if lay.shape}
+    many = "first dimensions differ" if lengths else "only scalars"
+    rows = f"{min(lengths):,} rows" if len(lengths) == 1 else many
     lines = [f"{path}: {_size(size)}, {len(layouts)} datasets, {rows}"]
     header = ("field", "shape", "dtype", "layout", "chunks", "compression", "stored", "read as")
     table = [header, *(_row(lay) for lay in layouts)]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    if len(lengths) > 1 or rows == "first dimensions differ":
+    if len(lengths) > 1:
         lines.append("note: datasets differ in length; choose fields of one length: HDF5Source(path, fields=[...])")
+    scalars = [lay.name for lay in layouts if not lay.shape]
+    if scalars:
+        lines.append(f"note: scalar datasets {scalars} have no rows; HDF5Source reads arrays with one row per sample")
     return "\n".join(lines)
 
 
@@ -169,7 +262,7 @@ def _chunks(value: str) -> Any:
 
 
 def _pack(args: argparse.Namespace) -> None:
-    fields, length = read_inputs(args.inputs)
+    fields, length = read_inputs(args.inputs, batch_rows=_BATCH_ROWS)
     pack(args.output, fields, chunks=args.chunks, compression=args.compression, compression_opts=args.level,
          length=length, overwrite=args.overwrite, progress=not args.quiet)
     print(inspect(args.output))

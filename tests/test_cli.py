@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kseq import cli
 from kseq.cli import main
 from kseq.sources.hdf5 import HDF5Source
 
@@ -54,6 +55,43 @@ class TestPack:
         assert src.read(np.arange(50))["tab/v"].tolist() == inputs["table"]["v"].tolist()
         assert {lay.layout for lay in src.layouts.values()} == {"contiguous"}
         assert "pack t.h5:" in err
+
+    @pytest.mark.parametrize("table", ["w.csv", "w.parquet"])
+    def test_later_batches_with_longer_strings_and_wider_numbers(self, tmp_path, capsys, monkeypatch, table):
+        """Dtypes are fixed over the whole table, not by the first batch of rows."""
+        if table.endswith(".parquet"):
+            pytest.importorskip("pyarrow")
+        frame = pd.DataFrame({
+            "s": ["ab"] * 4 + ["a much longer strïng"] * 3,
+            "n": pd.array([1, 2, 3, 4, 5, None, 7], dtype="Int64") if table.endswith("parquet") else
+                 [1, 2, 3, 4, 5.5, 6, 7],
+            "k": [1, 2, 3, 4, 2**40, 6, 7],
+            "m": ["1", "2", "3", "4", "x", "y", "z"],
+        })
+        if table.endswith(".csv"):
+            frame.to_csv(tmp_path / table, index=False)
+        else:
+            frame.to_parquet(tmp_path / table)
+        monkeypatch.setattr(cli, "_BATCH_ROWS", 3)
+        code, _, err = run(capsys, "pack", tmp_path / "w.h5", tmp_path / table, "--quiet")
+        assert (code, err) == (0, "")
+        out = HDF5Source(tmp_path / "w.h5").read(np.arange(7))
+        assert out["s"].tolist() == [b"ab"] * 4 + ["a much longer strïng".encode()] * 3
+        assert out["k"].tolist() == frame["k"].tolist()
+        assert out["m"].tolist() == [b"1", b"2", b"3", b"4", b"x", b"y", b"z"]
+        expected = [1, 2, 3, 4, 5, np.nan, 7] if table.endswith("parquet") else [1, 2, 3, 4, 5.5, 6, 7]
+        np.testing.assert_array_equal(out["n"], expected)
+
+    @pytest.mark.parametrize("second", ["b/x.npy", "z.npz"])
+    def test_two_inputs_giving_one_field_name_are_refused(self, tmp_path, capsys, second):
+        for sub in ("a", "b"):
+            (tmp_path / sub).mkdir()
+            np.save(tmp_path / sub / "x.npy", np.arange(4))
+        np.savez(tmp_path / "z.npz", x=np.ones(4))
+        code, _, err = run(capsys, "pack", tmp_path / "o.h5", tmp_path / "a/x.npy", tmp_path / second, "--quiet")
+        assert code == 2
+        assert re.search(rf"Field 'x' comes from two inputs: '.*a/x\.npy' and '.*{re.escape(second)}'.*name=", err)
+        assert not (tmp_path / "o.h5").exists()
 
     def test_compression_and_chunks(self, tmp_path, inputs, capsys):
         code, out, _ = run(capsys, "pack", tmp_path / "z.h5", tmp_path / "images.npy", "--compression", "gzip",
@@ -107,6 +145,22 @@ class TestInspect:
         _, out, _ = run(capsys, "inspect", tmp_path / "m.h5")
         assert "first dimensions differ" in out
         assert "HDF5Source(path, fields=[...])" in out
+
+    def test_a_file_of_scalars_only(self, tmp_path, capsys):
+        with h5py.File(tmp_path / "s.h5", "w") as f:
+            f["s"] = 1.5
+        code, out, _ = run(capsys, "inspect", tmp_path / "s.h5")
+        assert code == 0
+        assert "1 datasets, only scalars" in out
+        assert "note: scalar datasets ['s'] have no rows" in out
+
+    def test_an_empty_file(self, tmp_path, capsys):
+        h5py.File(tmp_path / "e.h5", "w").close()
+        code, out, _ = run(capsys, "inspect", tmp_path / "e.h5")
+        assert code == 0
+        assert "0 datasets" in out
+        assert "no datasets to read" in out
+        assert "differ" not in out
 
     def test_a_file_that_is_not_hdf5(self, tmp_path, capsys):
         (tmp_path / "x.h5").write_text("hello")

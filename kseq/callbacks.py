@@ -110,13 +110,15 @@ class ResetStates(keras.callbacks.Callback):
             ``None`` resets at epoch boundaries only.
         validation_data: the stateful dataset passed as ``fit(validation_data=...)``.
             Needed when ``fit`` validates: the validation streams start sequences at
-            other batches than the training ones.
+            other batches than the training ones. Used only inside ``fit``: a separate
+            ``evaluate`` call uses ``dataset``.
 
     Raises:
         StructureError: when training starts, a stateful layer's batch size differs from the
             dataset's, ``steps_per_execution > 1`` with resets inside an epoch, ``fit`` runs a
-            different number of steps than the dataset has batches, or ``fit`` validates with
-            no ``validation_data`` given here.
+            different number of steps than the dataset has batches (likewise ``evaluate`` and
+            ``predict``, when Keras knows their step count), or ``fit`` validates with no
+            ``validation_data`` given here.
 
     Example:
         >>> import numpy as np, keras
@@ -178,6 +180,8 @@ class ResetStates(keras.callbacks.Callback):
             )
             raise StructureError(msg)
         self._check_model(self._evaluated(), "evaluate")
+        if not self._fitting:  # inside fit, params are fit's own (its training steps)
+            self._check_steps(self._evaluated(), "evaluate")
         track_states(self.model)
         self.reset_all()
 
@@ -188,6 +192,7 @@ class ResetStates(keras.callbacks.Callback):
 
     def on_predict_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
         self._check_model(self.dataset, "predict")
+        self._check_steps(self.dataset, "predict")
         track_states(self.model)
         self.reset_all()
 
@@ -226,7 +231,19 @@ class ResetStates(keras.callbacks.Callback):
             self.reset_rows(rows)
 
     def _evaluated(self) -> Any:
-        return self.validation_data if self.validation_data is not None else self.dataset
+        """The validation dataset inside ``fit``; the dataset itself for ``evaluate`` on its own."""
+        return self.validation_data if self._fitting and self.validation_data is not None else self.dataset
+
+    def _check_steps(self, dataset: Any, call: str) -> None:
+        steps = (self.params or {}).get("steps")
+        if dataset is None or steps is None or steps == len(dataset):
+            return
+        msg = (
+            f"{call} runs {steps} steps but ResetStates' dataset has {len(dataset)} batches, so its resets "
+            f"would fall at the wrong batches. Expected ResetStates(<the dataset given to {call}>) and "
+            f"{call}(..., steps=None)."
+        )
+        raise StructureError(msg)
 
     def _check_model(self, dataset: Any, call: str) -> None:
         if dataset is None:

@@ -341,6 +341,23 @@ class TestResetStates:
             model.fit(ds, validation_data=ds.like(np.arange(12.0)), shuffle=False, callbacks=[ResetStates(ds)],
                       verbose=0)
 
+    def test_evaluate_outside_fit_uses_the_dataset_not_validation_data(self):
+        """validation_data belongs to fit; evaluate(ds) on its own gives the same loss as a fresh callback."""
+        ds = StatefulSequenceDataset([np.arange(9.0), np.arange(7.0)], batch_size=2, timesteps=3)
+        val = ds.like([np.arange(4.0), np.arange(5.0), np.arange(3.0)])
+        model = seq2seq(ds.keras_input(), stateful=True)
+        model.compile("sgd", "mse")
+        both = model.evaluate(ds, callbacks=[ResetStates(ds, validation_data=val)], verbose=0)
+        np.testing.assert_allclose(both, model.evaluate(ds, callbacks=[ResetStates(ds)], verbose=0), rtol=1e-6)
+
+    @pytest.mark.parametrize("call", ["evaluate", "predict"])
+    def test_another_step_count_is_refused(self, call):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=2, timesteps=3)
+        model = seq2seq(ds.keras_input(), stateful=True)
+        model.compile("sgd", "mse")
+        with pytest.raises(StructureError, match=rf"{call} runs 2 steps but .* has {len(ds)} batches"):
+            getattr(model, call)(ds, steps=2, callbacks=[ResetStates(ds)], verbose=0)
+
     def test_something_without_starts_is_refused(self):
         with pytest.raises(StructureError, match="expects a stateful dataset"):
             ResetStates(np.zeros(3))

@@ -24,6 +24,7 @@ from kseq.legacy import (
     fit_generator,
     predict_generator,
 )
+from kseq.legacy.generator import EpochMarker
 from kseq.legacy.stream import Stream
 from kseq.structure import ModelStructure
 
@@ -202,6 +203,20 @@ class TestStream:
         s.begin()
         assert [s.take(i)[1] for i in range(3)] == [3, 4, 5]
 
+    def test_marked_windows_alone_are_epochs(self):
+        """With marks on, an unmarked window of a whole epoch (JAX's build pass at steps=1) gives its yield back."""
+        s = Stream(iter(range(100)), steps=1)
+        s.marks = True
+        s.begin()
+        assert s.take(0)[1] == 0
+        s.end()
+        assert s.epoch == 0
+        s.mark()
+        s.begin()
+        assert s.take(0)[1] == 0
+        s.end()
+        assert s.epoch == 1
+
     def test_factory_restarts_every_epoch(self):
         s = Stream(lambda: iter("abcdef"), steps=2)
         epochs = []
@@ -247,6 +262,14 @@ class TestGeneratorDataset:
         ds = GeneratorDataset(gen, 4, model=model)
         model.fit(ds, epochs=3, verbose=0)
         assert counter.count == 12
+        assert ds.epoch == 3
+
+    def test_marker_counts_only_the_epochs_keras_starts(self):
+        """EpochMarker around model.fit: a generator of exactly epochs batches is enough at steps_per_epoch=1."""
+        model = two_input_model()
+        ds = GeneratorDataset(finite(3, lambda s: ([*arrays(s)[:2]], arrays(s)[2]))(), 1, model=model)
+        with EpochMarker(ds, "train") as marker:
+            model.fit(ds, epochs=3, shuffle=False, callbacks=[marker], verbose=0)
         assert ds.epoch == 3
 
     def test_predict_keeps_generator_order_with_threads(self):
@@ -325,6 +348,27 @@ class TestFitGenerator:
         assert hist.history["loss"] == [sum({"aux": 4.0, "decoder_output": 1.0}[n] for n in outputs)]
         if len(outputs) == 2:
             assert hist.history["decoder_output_loss"] == [1.0]
+
+    def test_one_step_per_epoch_reads_exactly_steps_times_epochs(self):
+        """steps_per_epoch=1: Keras's build pass (JAX) and signature probe (TF) take no yield of their own."""
+        seen = []
+
+        def batch(step):
+            seen.append(step)
+            a, b, y = arrays(step)
+            return [a, b], y
+
+        hist = fit_generator(two_input_model(), finite(3, batch)(), steps_per_epoch=1, epochs=3, verbose=0,
+                             validation_data=finite(3, batch)(), validation_steps=1)
+        assert len(hist.history["val_loss"]) == 3
+        assert seen == [0, 0, 1, 1, 2, 2]  # train, then validation, each epoch
+
+    def test_one_step_evaluate_and_predict_read_the_one_yield(self):
+        """evaluate (JAX builds its metrics on a batch first) and predict at steps=1 need one yield, not two."""
+        a, b, _ = arrays(0)
+        model = two_input_model(zeros=True)
+        assert float(evaluate_generator(model, iter([([a, b], np.ones((8, 1)))]), steps=1)) == 1.0
+        assert predict_generator(model, iter([[a, b]]), steps=1).shape == (8, 1)
 
     def test_three_tuples_keep_sample_weights(self):
         model = two_input_model(zeros=True, lr=0.0)

@@ -20,11 +20,12 @@ Example:
 
 from kseq.legacy.batches import BatchNormaliser
 from kseq.legacy.fit import evaluate_generator, fit_generator, predict_generator
-from kseq.legacy.generator import GeneratorDataset
+from kseq.legacy.generator import EpochMarker, GeneratorDataset
 from kseq.legacy.sequence import SequenceAdapter
 
 __all__ = [
     "BatchNormaliser",
+    "EpochMarker",
     "GeneratorDataset",
     "SequenceAdapter",
     "evaluate_generator",

@@ -18,6 +18,7 @@ function's Args. The choices that differ from a plain ``model.fit(generator)``:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from kseq.callbacks import stateful_layers, track_states
 from kseq.datasets import Dataset
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
-from kseq.legacy.generator import GeneratorDataset, check_steps
+from kseq.legacy.generator import EpochMarker, GeneratorDataset, check_steps
 from kseq.legacy.sequence import SequenceAdapter
 from kseq.structure import ModelStructure
 
@@ -140,7 +141,7 @@ def fit_generator(
         fit_args["validation_freq"] = validation_freq
     elif validation_steps is not None:
         _warn("validation_steps has no effect without validation_data", stacklevel=2)
-    return _run(datasets, model.fit, train, epochs=epochs, verbose=verbose, callbacks=callbacks,
+    return _run(datasets, ["train", "test"], model.fit, train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                 shuffle=bool(shuffle) and sequence, initial_epoch=initial_epoch, steps_per_epoch=steps, **fit_args)
 
 
@@ -175,7 +176,7 @@ def evaluate_generator(
     data, steps = _dataset(model, generator, steps, "steps", workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     track_states(model)
-    return _run([data], model.evaluate, data, steps=steps, callbacks=callbacks, verbose=verbose)
+    return _run([data], ["test"], model.evaluate, data, steps=steps, callbacks=callbacks, verbose=verbose)
 
 
 def predict_generator(
@@ -210,7 +211,7 @@ def predict_generator(
     data, steps = _dataset(model, generator, steps, "steps", x_only=True, workers=workers,
                            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
     track_states(model)
-    return _run([data], model.predict, data, steps=steps, callbacks=callbacks, verbose=verbose)
+    return _run([data], ["predict"], model.predict, data, steps=steps, callbacks=callbacks, verbose=verbose)
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -302,11 +303,26 @@ def _batch_size(dataset: Any) -> int:
     return int(np.shape(keras.tree.flatten(dataset.get_batch(0)[0])[0])[0])
 
 
-def _run(datasets: list, method: Any, data: Any, **kwargs: Any) -> Any:
-    """Call ``method(data, ...)``; if Keras wrapped a dataset's own error, raise that one, with Keras's as cause."""
+def _run(datasets: list, roles: list, method: Any, data: Any, **kwargs: Any) -> Any:
+    """Call ``method(data, ...)``; if Keras wrapped a dataset's own error, raise that one, with Keras's as cause.
+
+    A GeneratorDataset among ``datasets`` (read in the pass its entry in ``roles`` names) gets an
+    :class:`EpochMarker` among the callbacks, so Keras's build pass never counts as an epoch.
+    """
     kwargs = {k: v for k, v in kwargs.items() if not (k in ("steps", "steps_per_epoch") and v is None)}
+    pairs = zip(datasets, roles, strict=False)  # fit without validation_data has one dataset, two roles
+    markers = [EpochMarker(d, role) for d, role in pairs if isinstance(d, GeneratorDataset)]
+    callbacks = kwargs.get("callbacks")
+    if markers and (callbacks is None or isinstance(callbacks, (list, tuple))):
+        # A keras CallbackList cannot take one more: such datasets tell windows apart by size instead.
+        kwargs["callbacks"] = [*(callbacks or []), *markers]
+    else:
+        markers = []
     try:
-        return method(data, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for marker in markers:
+                stack.enter_context(marker)
+            return method(data, **kwargs)
     except Exception as e:
         for dataset in datasets:
             own = getattr(dataset, "last_error", None)

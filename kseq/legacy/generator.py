@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -15,7 +15,7 @@ from kseq.legacy.stream import Stream
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check_batch
 
-__all__ = ["GeneratorDataset", "check_steps"]
+__all__ = ["EpochMarker", "GeneratorDataset", "check_steps"]
 
 REPLAY = 2  # batches a window may take and give back; see NOTE [ generator windows ]
 
@@ -35,7 +35,9 @@ class GeneratorDataset(keras.utils.PyDataset):
     start of every epoch, so each epoch reads a new generator. Reads are serialised
     by a lock, so ``workers > 1`` threads are safe with any generator; no yield is
     lost or repeated by Keras's signature and build passes (NOTE [ generator
-    windows ] in :mod:`kseq.legacy.stream`). With ``fit(shuffle=False)`` (what
+    windows ] in :mod:`kseq.legacy.stream`). Passed to ``model.fit`` directly
+    with ``steps_per_epoch=1`` on JAX, it needs an :class:`EpochMarker` to tell
+    the build pass from an epoch; ``fit_generator`` adds one itself. With ``fit(shuffle=False)`` (what
     ``fit_generator`` passes) batches are trained in the generator's order, with
     threads too; Keras's default ``shuffle=True`` mixes them within an epoch.
 
@@ -197,6 +199,55 @@ class GeneratorDataset(keras.utils.PyDataset):
             f"GeneratorDataset({kind}, steps_per_epoch={len(self)}, epoch={self.epoch}, "
             f"batches read={self._stream.total}, workers={self.workers})"
         )
+
+
+class EpochMarker(keras.callbacks.Callback):
+    """Tells a GeneratorDataset which of its windows Keras really starts; see NOTE [ generator windows ].
+
+    Keras sends ``on_epoch_begin`` (``fit``), ``on_test_begin`` (``evaluate``, and
+    validation in ``fit``) or ``on_predict_begin`` (``predict``) just before it
+    reads a dataset for real, and no callback before its build and signature
+    passes. Used as a context manager around the call, with the marker among its
+    callbacks; afterwards the dataset tells windows apart by size again.
+
+    Args:
+        dataset: the dataset to mark.
+        role: ``"train"``, ``"test"`` or ``"predict"``: which pass reads it.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> ds = GeneratorDataset(iter([(np.ones((4, 2)), np.ones((4, 1)))] * 3), steps_per_epoch=1)
+        >>> with EpochMarker(ds, "train") as marker:
+        ...     _ = model.fit(ds, epochs=3, shuffle=False, callbacks=[marker], verbose=0)
+        >>> ds.epoch
+        3
+    """
+
+    def __init__(self, dataset: GeneratorDataset, role: Literal["train", "test", "predict"]) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.role = role
+
+    def __enter__(self) -> EpochMarker:
+        self.dataset._stream.marks = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dataset._stream.marks = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
+        if self.role == "train":
+            self.dataset._stream.mark()
+
+    def on_test_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
+        if self.role == "test":
+            self.dataset._stream.mark()
+
+    def on_predict_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
+        if self.role == "predict":
+            self.dataset._stream.mark()
 
 
 def check_steps(steps: object, argument: str) -> int:

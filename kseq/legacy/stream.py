@@ -30,16 +30,24 @@ So a :class:`Stream` hands out yields like this:
     further ahead than that means Keras is shuffling (``fit(shuffle=True)``): the
     window stops parking, and each request takes the next yield, so memory
     stays at a few batches whatever the order.
-  * A window that ends after all ``steps`` were delivered (served in it, or
-    reserved before it by thread pool requests that came early and were not
-    asked again) is an epoch: the epoch counter advances, leftover reservations
-    are dropped, and a factory starts a new generator.
-  * A window that ends after serving at most ``replay`` batches, with fewer
-    than ``steps`` delivered, is JAX's build pass (or a run interrupted at
-    once): the batches it took go back to the front of the stream, so no yield
-    is lost. With ``workers > 1`` ``replay`` is 0: Keras's enqueuer keeps the
-    batches it prefetched and serves them in the next window itself. Parked
-    yields always go back.
+  * A window that is an epoch advances the epoch counter, drops leftover
+    reservations, and has a factory start a new generator. A window that is
+    not (JAX's build pass, or a run interrupted at once) gives the batches it
+    took back to the front of the stream, so no yield is lost. With
+    ``workers > 1`` ``replay`` is 0: Keras's enqueuer keeps the batches it
+    prefetched and serves them in the next window itself. Parked yields always
+    go back.
+  * Which windows are epochs: when ``marks`` is on, exactly those opened after
+    a :meth:`Stream.mark`. ``fit_generator`` and friends turn it on for their
+    call and mark from a callback's ``on_epoch_begin`` / ``on_test_begin`` /
+    ``on_predict_begin``, which Keras sends just before a real pass and never
+    before its build or signature passes. Without marks (a GeneratorDataset
+    passed to ``model.fit`` directly), a window is told by its size: one that
+    ends with all ``steps`` delivered (served in it, or reserved before it by
+    thread pool requests that came early and were not asked again) is an
+    epoch; one that served at most ``replay`` batches with fewer delivered is
+    not. That guess fails for ``steps == 1`` on JAX, where the build pass takes
+    a whole epoch's worth: it then counts as epoch 1 and costs one yield.
 """
 
 from __future__ import annotations
@@ -110,6 +118,9 @@ class Stream:
         self._ordered = True
         self._pulled = 0  # yields pulled for the current epoch
         self._ended: str | None = None
+        self.marks = False  # whether windows are told apart by mark() instead of by size
+        self._mark = False  # a mark() since the last window opened
+        self._real = False  # the open window was marked
 
     def take(self, index: int) -> Item:
         """The batch for ``index``: reserved outside a window, consumed inside one."""
@@ -131,8 +142,14 @@ class Stream:
                 self._kept.clear()
             return item
 
+    def mark(self) -> None:
+        """Keras is about to start a real epoch: the next window counts as one (when ``marks`` is on)."""
+        with self._lock:
+            self._mark = True
+
     def begin(self) -> None:
         with self._lock:
+            self._real, self._mark = self._mark, False
             self._in_window = True
             self._served = 0
             self._kept = []
@@ -145,9 +162,12 @@ class Stream:
             if not self._in_window:
                 return  # Keras's reset before the first epoch
             self._in_window = False
-            # Reservations still held were delivered before the window opened (a thread pool's head start).
-            delivered = self._served + len(self._reserved)
-            build_pass = delivered < self.steps and self._served <= self.replay
+            if self.marks:
+                build_pass = not self._real
+            else:
+                # Reservations still held were delivered before the window opened (a thread pool's head start).
+                delivered = self._served + len(self._reserved)
+                build_pass = delivered < self.steps and self._served <= self.replay
             back = ([*self._kept] if build_pass else []) + [self._parked[i] for i in sorted(self._parked)]
             self._ahead.extendleft(reversed(back))
             self._kept, self._parked = [], {}

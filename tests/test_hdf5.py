@@ -54,7 +54,8 @@ def layout_file(request, tmp_path, arrays):
 
 
 def block_dataset(source, **kwargs):
-    """A Dataset drawing block-shuffled batches (until the base class has a hook for it)."""
+    """A Dataset drawing block-shuffled batches with a window of 2 blocks: ``shuffle="block"`` uses 16,
+    so another window means overriding ``make_sampler``."""
 
     class Blocked(Dataset):
         def make_sampler(self):
@@ -233,8 +234,28 @@ class TestBlockShuffleSampler:
 
     def test_refuses_a_window_larger_than_the_cache(self, tmp_path, arrays):
         src = HDF5Source(write(tmp_path / "k.h5", arrays, compression="gzip"), cache_mb=0.01)
-        with pytest.raises(StructureError, match=r"Lower window=, or raise cache_mb="):
+        with pytest.raises(StructureError, match=r"Raise cache_mb= on the HDF5Source to at least .*make_sampler"):
             BlockShuffleSampler.for_source(src, batch_size=8, seed=0, window=64)
+
+    def test_shuffle_block_tells_how_to_fit_its_fixed_window(self, tmp_path, arrays):
+        src = HDF5Source(write(tmp_path / "k.h5", arrays, compression="gzip"), cache_mb=0.01)
+        with pytest.raises(StructureError, match=r"window of 16 blocks.*cache_mb=.*shuffle='block'\) uses window=16"):
+            Dataset(src, batch_size=8, shuffle="block")
+
+    @pytest.mark.parametrize(("n", "block", "window"), [(100, 10, 2), (95, 10, 2), (1000, 7, 3)])
+    def test_a_batch_draws_from_at_most_two_windows(self, n, block, window):
+        """The documented condition: batch_size <= (window - 1) * block_size holds for any n."""
+        batch = (window - 1) * block
+        s = BlockShuffleSampler(n, batch_size=batch, block_size=block, window=window, seed=3)
+        sizes = np.bincount(np.arange(n) // block)
+        window_of, seen, rows, w = np.empty(n, np.int64), set(), 0, 0
+        for i, r in enumerate(s.order(0).tolist()):  # a window ends once `window` whole blocks are seen
+            window_of[i] = w
+            seen.add(r // block)
+            rows += 1
+            if len(seen) == window and rows == sizes[list(seen)].sum():
+                seen, rows, w = set(), 0, w + 1
+        assert max(len(set(window_of[b * batch : (b + 1) * batch].tolist())) for b in range(len(s))) <= 2
 
     @pytest.mark.parametrize("window", [0, -1, 1.5])
     def test_bad_window(self, window):

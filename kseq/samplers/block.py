@@ -40,17 +40,24 @@ class BlockShuffleSampler:
     :class:`~kseq.sources.HDF5Source`, ``src.block_size``: whole chunks of every field it
     reads in blocks, i.e. compressed ones; uncompressed fields are read directly in any order).
     Each epoch shuffles the blocks, then the rows within every window of ``window`` blocks,
-    and cuts that order into batches. A batch therefore draws from at most two windows, so
-    a chunk cache of ``2 * window`` blocks reads each chunk once per epoch when
+    and cuts that order into batches. When ``batch_size <= window * block_size`` (and ``n`` is
+    a multiple of ``block_size``; otherwise the window holding the short last block is smaller,
+    and ``batch_size <= (window - 1) * block_size`` is enough) a batch draws from at most two
+    windows, so a chunk cache of ``2 * window`` blocks reads each chunk once per epoch when
     batches are taken in order (pass ``shuffle=False`` to ``fit``: Keras's own batch
     shuffling would scatter the windows). Larger windows mix better and need more cache.
 
-    Use it from a dataset by overriding ``make_sampler``::
+    A dataset uses it with ``shuffle="block"`` (a window of 16 blocks)::
+
+        ds = kseq.Dataset(source, batch_size=64, shuffle="block")
+
+    For another window, override ``make_sampler``::
 
         class Chunked(kseq.MultiInputDataset):
             def make_sampler(self):
                 return BlockShuffleSampler.for_source(
-                    self.source, batch_size=self.batch_size, seed=self.seed, drop_remainder=self.drop_remainder)
+                    self.source, batch_size=self.batch_size, seed=self.seed, window=4,
+                    drop_remainder=self.drop_remainder)
 
     Args:
         n: number of rows.
@@ -112,7 +119,9 @@ class BlockShuffleSampler:
             msg = (
                 f"A window of {window} blocks needs a chunk cache of {need / 2**20:.1f} MiB "
                 f"(2 windows x {window} blocks x {source.block_nbytes / 2**20:.2f} MiB); the source has "  # type: ignore[attr-defined]
-                f"{have / 2**20:.1f} MiB. Lower window=, or raise cache_mb= on the HDF5Source."
+                f"{have / 2**20:.1f} MiB. Raise cache_mb= on the HDF5Source to at least {need / 2**20:.1f}, or "
+                "use a smaller window: Dataset(shuffle='block') uses window=16; for another, override "
+                "make_sampler to return BlockShuffleSampler.for_source(..., window=...)."
             )
             raise StructureError(msg)
         return cls(

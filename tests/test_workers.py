@@ -588,6 +588,23 @@ class TestFit:
                 assert not [w for w in record if "kseq" in str(w.message) or "out of order" in str(w.message)]
         np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-6)
 
+    @pytest.mark.portable
+    def test_steps_per_epoch_below_the_length_warns_once_about_coverage(self):
+        """5 batches, 3 steps per Keras epoch: passes mix two orders; the signature reads alone never warn."""
+
+        def partial_warnings(**fit_kwargs):
+            data = regression(40)
+            with MultiInputDataset(data, inputs="x", targets="y", batch_size=8, seed=0) as ds, \
+                    warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                linear_model().fit(ds, shuffle=False, verbose=0, **fit_kwargs)
+            return [str(w.message) for w in record if "steps_per_epoch=None" in str(w.message)]
+
+        (message,) = partial_warnings(epochs=4, steps_per_epoch=3)
+        assert "of its 5 batches" in message
+        assert partial_warnings(epochs=2) == []
+        assert partial_warnings(epochs=2, steps_per_epoch=5) == []
+
     def test_fit_shuffle_true_warns_once_and_still_trains(self):
         with MultiInputDataset(regression(), inputs="x", targets="y", batch_size=32, seed=0, **PROCESSES) as ds:
             model = linear_model()

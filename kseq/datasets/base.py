@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -98,6 +99,8 @@ class Dataset(keras.utils.PyDataset):
         self.drop_remainder = bool(drop_remainder)
         self.epoch = 0
         self._structure: ModelStructure | None = None
+        self._served: set[int] = set()  # batch indices served by __getitem__ this epoch
+        self._warned_partial = False
         self.sampler = self.make_sampler()
         if len(self.sampler) == 0:
             msg = (
@@ -152,9 +155,13 @@ class Dataset(keras.utils.PyDataset):
             batch = self.get_batch(index)
         else:
             batch = self._loader.get(self, self.epoch, _check_index(index, len(self)), len(self))
+        self._served.add(int(index))
         return batch if self._structure is None else self._structure.adapt(batch)
 
     def on_epoch_end(self) -> None:
+        """Advance the epoch (``model.fit`` calls this after each of its epochs); see NOTE [ partial epochs ]."""
+        self._warn_partial_epoch()
+        self._served = set()
         self.epoch += 1
         if self._loader is not None:
             self._loader.set_epoch(self.epoch)
@@ -213,8 +220,30 @@ class Dataset(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""
         self.epoch = int(epoch)
+        self._served = set()
         if self._loader is not None:
             self._loader.set_epoch(self.epoch)
+
+    def _warn_partial_epoch(self) -> None:
+        # NOTE [ partial epochs ]
+        # fit(steps_per_epoch=k) with k != len(ds) ends Keras epochs that are not the dataset's: Keras
+        # keeps reading the same index stream (0, 1, 2 | 3, 4, 0 | ...) while every on_epoch_end moves
+        # the dataset to a new permutation, so one pass over the indices mixes two epochs' orders and
+        # some samples are seen twice, others not at all. Deferring the epoch change to the end of the
+        # stream would keep coverage, but would also move the epoch at times neither Keras nor a manual
+        # on_epoch_end() call expects, so kseq keeps "one on_epoch_end, one epoch" and warns once.
+        # Keras 3.15 on TF reads batches 0 and 1 for its signature and then ends an epoch before
+        # training: an end after batches 0 and 1 alone is not warned about.
+        if self._warned_partial or not self._served or max(self._served) < 2 or len(self._served) >= len(self):
+            return
+        self._warned_partial = True
+        warnings.warn(
+            f"{type(self).__name__}: an epoch ended after {len(self._served)} of its {len(self)} batches "
+            "(fit(steps_per_epoch=...) other than len(dataset)?). Each on_epoch_end draws a new order, so "
+            "this pass over the data mixes two epochs' orders and does not cover every sample once. "
+            "For per-epoch coverage pass steps_per_epoch=None or steps_per_epoch=len(dataset).",
+            stacklevel=3,
+        )
 
     def close(self) -> None:
         """Stop this dataset's worker pool and remove its shared memory (a later batch starts a new pool)."""

@@ -268,8 +268,12 @@ class TestRefusals:
     def test_restarts_at_zero_are_allowed(self):
         """Keras reads batches 0 and 1 for its TF signature, then trains from 0; evaluate and predict restart too."""
         ds = StatefulSequenceDataset(np.arange(40.0), batch_size=2, timesteps=3)
-        served = [ds[k][0][0, 0, 0] for k in [0, 1, 0, 1, 2, 3, 4, 5, 6, 0, 1]]
-        assert len(served) == 11
+        order = [0, 1, 0, 1, 2, 3, 4, 5, 6, 0, 1]
+        served = [ds[k] for k in order]
+        for k, batch in zip(order, served, strict=True):
+            for got, expected in zip(batch, ds.get_batch(k), strict=True):
+                np.testing.assert_array_equal(got, expected)
+        assert [b[0][0, 0, 0] for b in served] == [0.0, 3.0, 0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 0.0, 3.0]
 
     def test_get_batch_is_free_in_any_order(self):
         ds = StatefulSequenceDataset(np.arange(40.0), batch_size=2, timesteps=3)

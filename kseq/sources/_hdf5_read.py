@@ -1,0 +1,230 @@
+"""Per-process reader state of :class:`kseq.sources.hdf5.HDF5Source`: the descriptor and memory map,
+``os.preadv`` reads, the h5py handle and the chunk caches.
+
+The design is NOTE [ HDF5 read paths ] and NOTE [ HDF5 file changes ] in :mod:`kseq.sources.hdf5`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from kseq.errors import SourceError
+from kseq.sources._hdf5_layout import FieldLayout
+
+if TYPE_CHECKING:  # for an annotation only: hdf5.py imports this module
+    from kseq.sources.hdf5 import HDF5Source
+
+_IOV_MAX = 1024  # buffers per os.preadv call (POSIX guarantees at least 16; Linux and macOS allow 1024)
+_MAX_READ = 0x7FFFF000  # bytes Linux transfers per read call at most (MAX_RW_COUNT); more comes back short
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+
+
+def _check_unchanged(fd: int, stamp: tuple[int, int, int, int], what: str) -> None:
+    """Refuse to read through ``fd`` unless it is the file stamped at construction (NOTE [ HDF5 file changes ])."""
+    now = _stamp(os.fstat(fd))
+    if now != stamp:
+        if now[2:] != stamp[2:]:
+            how = "replaced by another file"
+        elif now[0] != stamp[0]:
+            how = f"size {stamp[0]} -> {now[0]} bytes"
+        else:
+            how = "modified in place"
+        msg = f"{what} changed after this source was created ({how}). Create a new HDF5Source for the new file."
+        raise SourceError(msg)
+
+
+class _ProcessState:
+    """One process's handles: the memory map, the h5py file, the chunk caches. Never pickled."""
+
+    def __init__(self, source: HDF5Source, pid: int) -> None:
+        self.path, self.pid, self.stamp = source.path, pid, source._stamp
+        self.what = f"HDF5 file '{source.path}' (fields {list(source._layouts)})"
+        self.lock = threading.Lock()
+        self.caches = {
+            name: _BlockCache(lay, slots) for name, (lay, slots) in source._cache_slots().items()
+        }
+        self._map: mmap.mmap | None = None
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise SourceError(f"{self.what} cannot be opened any more: {e}.") from e
+        weakref.finalize(self, os.close, self._fd)
+        _check_unchanged(self._fd, self.stamp, self.what)
+        self._views: dict[str | int, np.ndarray] = {}
+        self._file: h5py.File | None = None
+        self._datasets: dict[str, tuple[h5py.h5d.DatasetID, h5py.h5s.SpaceID]] = {}
+
+    def check(self) -> None:
+        _check_unchanged(self._fd, self.stamp, self.what)
+
+    def read(self, layout: FieldLayout, reader: str, idx: np.ndarray) -> np.ndarray:
+        if reader == "blocks":
+            with self.lock:
+                return self.caches[layout.name].gather(idx, self._load)
+        rows = self._mapped(layout, idx) if reader == "memmap" else self._pread(layout, idx)
+        return rows.astype(layout.native_dtype, copy=False)
+
+    def _mapped(self, layout: FieldLayout, idx: np.ndarray) -> np.ndarray:
+        """Rows gathered from the memory map: a typed view of a contiguous dataset, or, for chunks,
+        a window of ``row_bytes`` starting at every byte of the file, indexed by row offsets."""
+        key = layout.name if layout.offset is not None else layout.row_bytes
+        view = self._views.get(key)
+        if view is None:
+            with self.lock:
+                if self._map is None:
+                    self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+                if layout.offset is not None:
+                    view = np.ndarray(layout.shape, layout.dtype, buffer=self._map, offset=layout.offset)
+                else:
+                    raw = np.frombuffer(self._map, np.uint8)
+                    shape, strides = (raw.size - layout.row_bytes + 1, layout.row_bytes), (1, 1)
+                    view = np.lib.stride_tricks.as_strided(raw, shape, strides, writeable=False)
+                self._views[key] = view
+        if layout.offset is not None:
+            return view[idx]
+        rows = view[layout.row_offsets(idx)]
+        return rows.view(layout.dtype).reshape(idx.size, *layout.shape[1:])
+
+    def _pread(self, layout: FieldLayout, idx: np.ndarray) -> np.ndarray:
+        """Rows read with ``os.preadv``: one call per run of consecutive rows, each row straight into
+        its place in the output (NOTE [ HDF5 read paths ])."""
+        out = np.empty((idx.size, *layout.shape[1:]), layout.dtype)
+        row = layout.row_bytes
+        if idx.size == 0 or row == 0:
+            return out
+        offsets = layout.row_offsets(idx)
+        order = np.argsort(offsets, kind="stable")
+        offsets = offsets[order]
+        starts = np.flatnonzero(np.r_[True, np.diff(offsets) != row]).tolist()
+        flat = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
+        views = [flat[p * row : (p + 1) * row] for p in order.tolist()]
+        for first, stop in _read_groups(starts, idx.size, row):
+            want = (stop - first) * row
+            got = _preadv_all(self._fd, views[first:stop], int(offsets[first]))
+            if got != want:
+                msg = (
+                    f"Field {layout.name!r} (dataset '/{layout.path}') of '{self.path}': read {got} of "
+                    f"{want} bytes at byte {int(offsets[first])}. The file is truncated; write it again."
+                )
+                raise SourceError(msg)
+        return out
+
+    def _load(self, layout: FieldLayout, start: int, out: np.ndarray) -> None:
+        """Read rows ``start : start + len(out)`` of ``layout`` into ``out`` (whole chunks, one HDF5 read)."""
+        try:
+            dset, file_space = self._dataset(layout)
+            file_space.select_hyperslab((start,) + (0,) * (out.ndim - 1), out.shape)
+            dset.read(h5py.h5s.create_simple(out.shape), file_space, out)
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            msg = (
+                f"Cannot read field {layout.name!r} (dataset '/{layout.path}', rows {start} to "
+                f"{start + len(out) - 1}) of '{self.path}': {e}. The file may be corrupt; write it again."
+            )
+            raise SourceError(msg) from e
+
+    def _dataset(self, layout: FieldLayout) -> tuple[h5py.h5d.DatasetID, h5py.h5s.SpaceID]:
+        """The low-level dataset and its file dataspace, opened once per process."""
+        found = self._datasets.get(layout.name)
+        if found is None:
+            if self._file is None:
+                handle = h5py.File(self.path, "r")
+                try:
+                    _check_unchanged(handle.id.get_vfd_handle(), self.stamp, self.what)
+                except SourceError:
+                    handle.close()
+                    raise
+                self._file = handle
+            dset = self._file[layout.path].id
+            found = self._datasets[layout.name] = (dset, dset.get_space())
+        return found
+
+
+def _read_groups(starts: Sequence[int], size: int, row: int, max_bytes: int = _MAX_READ) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` slices of rows for one ``preadv`` each: runs of consecutive rows (``starts``,
+    among ``size`` rows), split into at most ``_IOV_MAX`` rows and ``max_bytes`` bytes (at least one row)."""
+    step = max(1, min(_IOV_MAX, max_bytes // max(1, row)))
+    for start, stop in zip(starts, [*starts[1:], size], strict=True):
+        for first in range(start, stop, step):
+            yield first, min(stop, first + step)
+
+
+def _preadv_all(fd: int, buffers: list[memoryview], offset: int) -> int:
+    """Fill ``buffers`` from byte ``offset`` of ``fd``, calling ``os.preadv`` again after a short read
+    from where it stopped. Returns the bytes read: fewer than asked only at the end of the file."""
+    total, first, buffers = 0, 0, list(buffers)
+    while first < len(buffers):
+        got = os.preadv(fd, buffers[first : first + _IOV_MAX], offset)
+        if got == 0:
+            break
+        total, offset = total + got, offset + got
+        while first < len(buffers) and got >= len(buffers[first]):
+            got -= len(buffers[first])
+            first += 1
+        if got:
+            buffers[first] = buffers[first][got:]
+    return total
+
+
+_Loader = Callable[[FieldLayout, int, np.ndarray], None]
+
+
+class _BlockCache:
+    """One field's blocks in a preallocated arena of ``slots`` slots; least recently used evicted first.
+
+    A batch is gathered with one fancy index over the arena, whatever the number of blocks it
+    touches (in groups of ``slots`` when it touches more). Not thread-safe on its own.
+    """
+
+    def __init__(self, layout: FieldLayout, slots: int) -> None:
+        self.layout, self.rows, self.n = layout, layout.block_rows, layout.shape[0]
+        self.slots = slots
+        self.arena: np.ndarray | None = None
+        self._where: OrderedDict[int, int] = OrderedDict()  # block -> slot
+        self.hits = self.misses = 0
+
+    def gather(self, idx: np.ndarray, load: _Loader) -> np.ndarray:
+        if self.arena is None:
+            self.arena = np.empty((self.slots, self.rows, *self.layout.shape[1:]), self.layout.native_dtype)
+        blocks = idx // self.rows
+        unique, inverse = np.unique(blocks, return_inverse=True)
+        offsets = idx - blocks * self.rows
+        if unique.size <= self.slots:
+            slots = np.array([self._slot(int(b), load) for b in unique], dtype=np.int64)
+            return self.arena[slots[inverse], offsets]
+        out = np.empty((idx.size, *self.layout.shape[1:]), self.layout.native_dtype)
+        for first in range(0, unique.size, self.slots):
+            group = unique[first : first + self.slots]
+            slots = np.array([self._slot(int(b), load) for b in group], dtype=np.int64)
+            chosen = (inverse >= first) & (inverse < first + group.size)
+            out[chosen] = self.arena[slots[inverse[chosen] - first], offsets[chosen]]
+        return out
+
+    def _slot(self, block: int, load: _Loader) -> int:
+        slot = self._where.get(block)
+        if slot is not None:
+            self.hits += 1
+            self._where.move_to_end(block)
+            return slot
+        self.misses += 1
+        slot = self._where.popitem(last=False)[1] if len(self._where) >= self.slots else len(self._where)
+        start = block * self.rows
+        self._where[block] = slot
+        load(self.layout, start, self.arena[slot, : min(self.rows, self.n - start)])  # type: ignore[index]
+        return slot
+
+    def info(self) -> dict[str, int]:
+        block_bytes = self.rows * self.layout.row_bytes
+        return {"hits": self.hits, "misses": self.misses, "blocks": len(self._where), "slots": self.slots,
+                "bytes": len(self._where) * block_bytes}

@@ -8,9 +8,7 @@ frozen in worker processes and may already be past a batch that a thread prefetc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 __all__ = ["batch_context", "current_batch"]
 
@@ -30,11 +28,21 @@ def current_batch() -> tuple[int, int] | None:
     return _CURRENT.get()
 
 
-@contextmanager
-def batch_context(epoch: int, index: int) -> Iterator[None]:
-    """Mark the code inside as computing batch ``index`` of ``epoch``."""
-    token = _CURRENT.set((int(epoch), int(index)))
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
+class batch_context:  # lower case: used like a function, ``with batch_context(epoch, index):``
+    """Mark the code inside as computing batch ``index`` of ``epoch``.
+
+    A class rather than a ``@contextmanager`` generator: it runs once per batch, on the hot path.
+    """
+
+    __slots__ = ("_token", "_value")
+
+    def __init__(self, epoch: int, index: int) -> None:
+        self._value = (int(epoch), int(index))
+        self._token: Token | None = None
+
+    def __enter__(self) -> None:
+        self._token = _CURRENT.set(self._value)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)

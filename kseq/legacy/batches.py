@@ -28,9 +28,9 @@ import numpy as np
 from kseq.batching import ClassWeights, describe
 from kseq.errors import StructureError
 from kseq.structure import ModelStructure, TensorSpec
-from kseq.validation import check_batch
+from kseq.validation import CheckReport, check_batch
 
-__all__ = ["BatchNormaliser"]
+__all__ = ["BatchNormaliser", "NormalisedBatches"]
 
 
 class BatchNormaliser:
@@ -133,6 +133,32 @@ class BatchNormaliser:
             w = np.asarray(weights[name], np.float32)
             weights[name] = w * cw(y[name]).reshape((n,) + (1,) * (w.ndim - 1))
         return weights
+
+
+class NormalisedBatches:
+    """What GeneratorDataset and SequenceAdapter share: a :class:`BatchNormaliser` that names and adapts
+    each batch, and ``last_error``, the last exception raised while reading one (Keras may wrap it on the
+    way out; tf.data turns it into an InvalidArgumentError, and fit_generator raises this one instead).
+
+    A subclass sets ``_class_weight`` and ``_x_only`` and defines ``get_batch(index)``.
+    """
+
+    _class_weight: Any
+    _x_only: bool
+    _normaliser: BatchNormaliser
+    last_error: BaseException | None
+
+    def set_structure(self, structure: ModelStructure | None) -> None:
+        """Name and adapt batches for ``structure`` from now on (``None``: as yielded)."""
+        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+
+    def _adopt(self, structure: ModelStructure, *, verbose: bool) -> CheckReport:
+        """Adopt ``structure``, then check batch 0 named by it (names first: list yields need them)."""
+        self.set_structure(structure)
+        report = check_batch(structure, self.get_batch(0))  # type: ignore[attr-defined]
+        if verbose and report.adaptations:
+            print(report)  # noqa: T201 - the user asked to be told
+        return report
 
 
 def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where: str) -> dict[str, Any]:

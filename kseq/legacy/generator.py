@@ -10,17 +10,17 @@ import numpy as np
 
 from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
-from kseq.legacy.batches import BatchNormaliser
+from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
 from kseq.legacy.stream import Stream
 from kseq.structure import ModelStructure
-from kseq.validation import CheckReport, check_batch
+from kseq.validation import CheckReport
 
 __all__ = ["EpochMarker", "GeneratorDataset", "check_steps"]
 
 REPLAY = 2  # batches a window may take and give back; see NOTE [ generator windows ]
 
 
-class GeneratorDataset(keras.utils.PyDataset):
+class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
     """A generator, or a function returning one, as a PyDataset of ``steps_per_epoch`` batches.
 
     Yields are read as Keras 2 read them (see NOTE [ legacy yields ] in
@@ -109,8 +109,7 @@ class GeneratorDataset(keras.utils.PyDataset):
             msg = "class_weight needs model=, to know which output each weight belongs to. Pass model=model."
             raise StructureError(msg)
         self._normaliser = BatchNormaliser(None, x_only=x_only)
-        # The last exception raised while reading a batch: Keras may wrap it in its own on the way out.
-        self.last_error: BaseException | None = None
+        self.last_error = None
         if model is not None:
             self.check(model, verbose=False)
 
@@ -176,15 +175,7 @@ class GeneratorDataset(keras.utils.PyDataset):
             )
             raise StructureError(msg)
         self._stream.replay = 0 if self.workers > 1 else max(REPLAY, int(getattr(model, "steps_per_execution", 1)))
-        self.set_structure(structure)
-        report = check_batch(structure, self.get_batch(0))
-        if verbose and report.adaptations:
-            print(report)  # noqa: T201 - the user asked to be told
-        return report
-
-    def set_structure(self, structure: ModelStructure | None) -> None:
-        """Name and adapt batches for ``structure`` from now on (``None``: as yielded)."""
-        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+        return self._adopt(structure, verbose=verbose)
 
     def __reduce__(self) -> Any:
         msg = (

@@ -8,14 +8,14 @@ from typing import Any
 import keras
 
 from kseq.errors import StructureError
-from kseq.legacy.batches import BatchNormaliser
+from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
 from kseq.structure import ModelStructure
-from kseq.validation import CheckReport, check_batch
+from kseq.validation import CheckReport
 
 __all__ = ["SequenceAdapter"]
 
 
-class SequenceAdapter(keras.utils.PyDataset):
+class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
     """Wrap an indexable batch source so Keras 3 reads its batches as Keras 2 did.
 
     ``sequence[i]`` is read like a generator's yield (NOTE [ legacy yields ] in
@@ -76,9 +76,7 @@ class SequenceAdapter(keras.utils.PyDataset):
             raise StructureError(msg)
         self._normaliser = BatchNormaliser(None, x_only=x_only)
         self._in_epoch = False
-        # The last exception raised while reading a batch: Keras may wrap it in its own on the way out
-        # (tf.data turns it into an InvalidArgumentError); fit_generator raises this one instead.
-        self.last_error: BaseException | None = None
+        self.last_error = None
         if model is not None:
             self.check(model, verbose=False)
 
@@ -117,16 +115,7 @@ class SequenceAdapter(keras.utils.PyDataset):
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
         """Check batch 0 against ``model`` and put every batch in its structure from now on."""
-        structure = ModelStructure.of(model)
-        self.set_structure(structure)
-        report = check_batch(structure, self.get_batch(0))
-        if verbose and report.adaptations:
-            print(report)  # noqa: T201 - the user asked to be told
-        return report
-
-    def set_structure(self, structure: ModelStructure | None) -> None:
-        """Name and adapt batches for ``structure`` from now on (``None``: as returned)."""
-        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+        return self._adopt(ModelStructure.of(model), verbose=verbose)
 
     def __repr__(self) -> str:
         return f"SequenceAdapter({type(self.sequence).__name__}, {len(self)} batches, workers={self.workers})"

@@ -1,5 +1,11 @@
 """kseq: Keras 3 PyDataset subclasses for named, seeded, fast batches.
 
+Two layers: a framework-free core (errors, sources, samplers, ``pack``, text,
+workers), imported here at once, and the Keras layer (the datasets, ``check``,
+callbacks, ``legacy``), whose names resolve on first use through the module
+``__getattr__``. So ``import kseq``, a worker process and ``python -m kseq inspect``
+import no framework; ``kseq.Dataset`` imports Keras the first time it is read.
+
 Example:
     >>> import numpy as np, kseq
     >>> ds = kseq.MultiInputDataset({"a": np.zeros((10, 3)), "t": np.ones(10)}, inputs="a", targets="t", seed=0)
@@ -7,27 +13,50 @@ Example:
     0
 """
 
-from kseq import legacy
-from kseq.callbacks import ResetStates
-from kseq.datasets import (
-    CaptionDataset,
-    Dataset,
-    MultiInputDataset,
-    SiamesePairDataset,
-    StatefulSequenceDataset,
-    TripletDataset,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
-from kseq.legacy import GeneratorDataset
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
 from kseq.sources import ArraySource, DataFrameSource, HDF5Source, Source, as_source
 from kseq.sources.pack import pack
-from kseq.structure import ModelStructure
 from kseq.text import Vocabulary, tokenize
-from kseq.validation import CheckReport, check
 from kseq.workers import tune_malloc
 
+if TYPE_CHECKING:  # the Keras layer, for type checkers; at run time see __getattr__
+    from kseq import legacy
+    from kseq.callbacks import ResetStates
+    from kseq.datasets import (
+        CaptionDataset,
+        Dataset,
+        MultiInputDataset,
+        SiamesePairDataset,
+        StatefulSequenceDataset,
+        TripletDataset,
+    )
+    from kseq.legacy import GeneratorDataset
+    from kseq.structure import ModelStructure
+    from kseq.validation import CheckReport, check
+
 __version__ = "0.1.0"
+
+# The Keras layer: public name -> the module that defines it (the name itself for a subpackage).
+_LAZY: dict[str, str] = {
+    "CaptionDataset": "kseq.datasets",
+    "CheckReport": "kseq.validation",
+    "Dataset": "kseq.datasets",
+    "GeneratorDataset": "kseq.legacy",
+    "ModelStructure": "kseq.structure",
+    "MultiInputDataset": "kseq.datasets",
+    "ResetStates": "kseq.callbacks",
+    "SiamesePairDataset": "kseq.datasets",
+    "StatefulSequenceDataset": "kseq.datasets",
+    "TripletDataset": "kseq.datasets",
+    "check": "kseq.validation",
+    "legacy": "kseq.legacy",
+}
 
 __all__ = [
     "ArraySource",
@@ -61,3 +90,20 @@ __all__ = [
     "tokenize",
     "tune_malloc",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import a Keras-layer name on first use and keep it in the module, so later reads are plain."""
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'kseq' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = importlib.import_module(module)
+    if module != f"kseq.{name}":
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

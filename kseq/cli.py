@@ -1,4 +1,9 @@
-"""``python -m kseq``: the command line (``demo``, ``pack``, ``inspect``)."""
+"""``python -m kseq``: the command line (``demo``, ``pack``, ``inspect``).
+
+``pack`` and ``inspect`` are the framework-free core (numpy, h5py, pandas): they
+answer without importing Keras or a backend. Only ``demo`` trains a model, so only
+the demo's functions import Keras (and kseq's Keras layer), when they run.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 
-from kseq.datasets import MultiInputDataset
 from kseq.errors import KseqError, SourceError, StructureError
 from kseq.sources.dataframe import DataFrameSource
 from kseq.sources.hdf5 import FieldLayout, describe
@@ -36,7 +39,9 @@ def _digits() -> dict[str, np.ndarray]:
     return {"pixels": pixels, "profile": profile.astype("float32"), "digit": digits.target.astype("int64")}
 
 
-def _model() -> keras.Model:
+def _model() -> Any:
+    import keras  # here, not at the top: only the demo needs Keras; pack and inspect stay framework-free
+
     pixels = keras.Input((8, 8, 1), name="pixels")
     profile = keras.Input((16,), name="profile")
     h = keras.layers.Conv2D(16, 3, activation="relu")(pixels)
@@ -50,6 +55,10 @@ def _model() -> keras.Model:
 
 def demo(epochs: int = 8, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
     """Train a two-input digit classifier through MultiInputDataset and print a table."""
+    import keras  # as in _model
+
+    from kseq.datasets import MultiInputDataset  # kseq's Keras layer, for the demo only
+
     keras.utils.set_random_seed(seed)
     data = _digits()
     order = np.random.default_rng(seed).permutation(len(data["digit"]))

@@ -16,10 +16,10 @@ Example:
     kseq.errors.StructureError: workers must be an integer >= 0. Received workers=True.
     >>> one_of("mask", "sample_weight", ("mean", "mask", None))
     'mask'
-    >>> known_fields(["a", "z"], {"a": 0, "b": 0}, "inputs")
+    >>> known_fields(["a", "z"], {"a": 0, "b": 0}, "inputs")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    kseq.errors.StructureError: inputs names field(s) ['z'] that the source does not have. Expected fields from ['a', 'b'].
+    kseq.errors.StructureError: inputs names field(s) ['z'] that the source does not have. Expected fields ...
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 
 from kseq.errors import StructureError
 
-__all__ = ["fraction", "integer", "is_integer", "known_fields", "name", "one_of", "seed"]
+__all__ = ["batch_index", "fraction", "integer", "is_integer", "known_fields", "name", "one_of", "seed"]
 
 T = TypeVar("T")
 
@@ -111,3 +111,14 @@ def known_fields(fields: str | Sequence[str], available: Mapping[str, Any], argu
         )
         raise StructureError(msg)
     return names
+
+
+def batch_index(value: object, length: int) -> int:
+    """A batch index in ``[0, length)``: ``TypeError`` for a non-integer, ``IndexError`` out of range."""
+    if not is_integer(value):
+        msg = f"Batch index must be an integer. Received {value!r}."
+        raise TypeError(msg)
+    if not 0 <= value < length:  # type: ignore[operator]
+        msg = f"Batch index {value} is out of range: this dataset has {length} batches (0..{length - 1})."
+        raise IndexError(msg)
+    return int(value)  # type: ignore[call-overload]

@@ -28,6 +28,27 @@ def test_docstring_examples_run(name):
     assert result.failed == 0
 
 
+def test_dir_lists_every_public_name():
+    """The lazily resolved Keras-layer names are in dir(kseq) before anything reads them."""
+    assert set(kseq.__all__) <= set(dir(kseq))
+
+
+def test_lazy_names_are_the_defining_modules_objects():
+    """kseq.Dataset and the other Keras-layer names are the very objects of the modules that define them."""
+    from kseq.callbacks import ResetStates
+    from kseq.datasets import Dataset
+    from kseq.validation import check
+
+    assert (kseq.Dataset, kseq.ResetStates, kseq.check) == (Dataset, ResetStates, check)
+    assert kseq.legacy is importlib.import_module("kseq.legacy")
+    assert set(kseq._LAZY) <= set(kseq.__all__)
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'Datset'"):
+        kseq.Datset  # noqa: B018 - the read is the test
+
+
 def test_no_framework_is_imported_at_module_level():
     """kseq talks to Keras and numpy only: importing it adds no framework to what `import keras` loads."""
     code = (

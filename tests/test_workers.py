@@ -210,6 +210,22 @@ class TestConfig:
         with pytest.raises(StructureError, match=match):
             jittered(**kwargs)
 
+    def test_numpy_integers_are_accepted_as_ints(self):
+        config = WorkerConfig(workers=np.int64(2), max_queue_size=np.int32(4))
+        assert (type(config.workers), type(config.max_queue_size), config.mode) == (int, int, "threads")
+
+    @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver")
+    @pytest.mark.parametrize(("jax_loaded", "expected"), [(True, "forkserver"), (False, "fork")])
+    def test_default_start_method_follows_whether_jax_is_loaded(self, monkeypatch, jax_loaded, expected):
+        """Decided from sys.modules alone: JAX loaded (by the user or as Keras's backend) means forkserver."""
+        from kseq.workers import default_start_method
+
+        if jax_loaded:
+            monkeypatch.setitem(sys.modules, "jax", sys.modules.get("jax", object()))
+        else:
+            monkeypatch.delitem(sys.modules, "jax", raising=False)
+        assert default_start_method() == expected
+
     def test_start_method_without_processes_warns(self):
         with pytest.warns(UserWarning, match="start_method='spawn' is ignored"):
             jittered(workers=2, start_method="spawn")

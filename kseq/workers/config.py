@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-import keras
-import numpy as np
-
 from kseq.errors import StructureError
+from kseq.validators import integer
 
 __all__ = ["Mode", "WorkerConfig", "default_start_method"]
 
@@ -20,14 +19,16 @@ Mode = Literal["inline", "threads", "processes"]
 def default_start_method() -> str:
     """``fork`` where the platform has it, else the platform default.
 
-    Under the JAX backend the default is ``forkserver``: JAX warns that ``os.fork()``
+    Where JAX is loaded the default is ``forkserver``: JAX warns that ``os.fork()``
     after it has started its threads may deadlock, and the forkserver is forked
-    from a clean process instead.
+    from a clean process instead. JAX is loaded when the user imported it or when
+    Keras runs on the JAX backend (Keras imports its backend on ``import keras``).
+    Only ``sys.modules`` is asked: nothing is imported, so the core stays framework-free.
     """
     available = multiprocessing.get_all_start_methods()
     if "fork" not in available:
         return multiprocessing.get_context().get_start_method()
-    if keras.config.backend() == "jax" and "forkserver" in available:
+    if "jax" in sys.modules and "forkserver" in available:
         return "forkserver"
     return "fork"
 
@@ -60,8 +61,8 @@ class WorkerConfig:
     start_method: str | None = None
 
     def __post_init__(self) -> None:
-        _check_count("workers", self.workers, minimum=0)
-        _check_count("max_queue_size", self.max_queue_size, minimum=1)
+        object.__setattr__(self, "workers", integer(self.workers, "workers", minimum=0))
+        object.__setattr__(self, "max_queue_size", integer(self.max_queue_size, "max_queue_size", minimum=1))
         object.__setattr__(self, "use_multiprocessing", bool(self.use_multiprocessing))
         available = multiprocessing.get_all_start_methods()
         if self.start_method is not None and self.start_method not in available:
@@ -87,8 +88,3 @@ class WorkerConfig:
     def resolved_start_method(self) -> str:
         return self.start_method or default_start_method()
 
-
-def _check_count(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}. Received {name}={value!r}."
-        raise StructureError(msg)

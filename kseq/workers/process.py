@@ -16,6 +16,11 @@ naming it, its exit code or signal, and the batches it held: never a hang.
 Workers ignore SIGINT (Ctrl-C is the main process's to handle: it closes the
 pool) and exit by themselves when their parent goes away.
 
+A worker sets ``KSEQ_WORKER_PROCESS=1`` before it unpickles the dataset, and this
+module (like all of ``kseq.workers``) imports no framework: a worker of a dataset
+whose code needs only numpy never loads Keras or its backend (NOTE [ no framework
+in worker processes ] in ``kseq/datasets/_pydataset.py``).
+
 On glibc, a worker fixes malloc's thresholds at start: see NOTE [ malloc
 thresholds ] in ``malloc.py``. Only kseq's own worker processes are tuned, never
 the user's process.
@@ -42,8 +47,9 @@ from kseq.workers.pickling import dumps_for_workers
 from kseq.workers.shm import SlotPool, SlotWriter
 from kseq.workers.tree import flatten, unflatten
 
-__all__ = ["ProcessPool"]
+__all__ = ["WORKER_ENV", "ProcessPool"]
 
+WORKER_ENV = "KSEQ_WORKER_PROCESS"  # set to "1" in every worker process, before the dataset is unpickled
 _PARENT_CHECK_S = 1.0
 _JOIN_S = 2.0
 
@@ -265,6 +271,9 @@ def _loads(data: bytes | None) -> BaseException | None:
 def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_malloc()
+    # Before the dataset is unpickled: kseq's dataset classes then need no framework here.
+    # NOTE [ no framework in worker processes ] in kseq/datasets/_pydataset.py
+    os.environ[WORKER_ENV] = "1"
     try:
         dataset = pickle.loads(payload) if isinstance(payload, bytes) else payload
     except BaseException:

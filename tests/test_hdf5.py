@@ -259,7 +259,7 @@ class TestBlockShuffleSampler:
 
     @pytest.mark.parametrize("window", [0, -1, 1.5])
     def test_bad_window(self, window):
-        with pytest.raises(StructureError, match="window must be a positive integer"):
+        with pytest.raises(StructureError, match="window must be an integer >= 1"):
             BlockShuffleSampler(10, batch_size=2, block_size=2, window=window, seed=0)
 
 

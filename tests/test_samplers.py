@@ -85,5 +85,5 @@ class TestSequential:
     def test_bad_batch_size(self, bad):
         from kseq import StructureError
 
-        with pytest.raises(StructureError, match="batch_size must be a positive integer"):
+        with pytest.raises(StructureError, match="batch_size must be an integer >= 1"):
             SequentialSampler(10, batch_size=bad)

@@ -95,7 +95,7 @@ class TestStreamLayout:
 
     @pytest.mark.parametrize("bad", [{"timesteps": 0}, {"batch_size": 0}, {"lengths": [3, 0]}, {"lengths": []}])
     def test_bad_arguments_are_refused(self, bad):
-        with pytest.raises(StructureError, match=r"positive integer|at least one sequence"):
+        with pytest.raises(StructureError, match=r"must be an integer >= 1|at least one sequence"):
             stream_layout(**{"lengths": [5], "batch_size": 2, "timesteps": 2, "split": True, **bad})
 
 

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from kseq.errors import StructureError
+from kseq.validators import batch_index, integer
 
 __all__ = ["Sampler", "batch_rng", "check_batch_size", "draw_seed", "epoch_rng", "num_batches"]
 
@@ -53,10 +53,8 @@ def draw_seed() -> int:
 
 
 def check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        msg = f"batch_size must be a positive integer. Received batch_size={batch_size!r}."
-        raise StructureError(msg)
-    return int(batch_size)
+    """``batch_size`` as an ``int`` >= 1: ``kseq.validators.integer(batch_size, "batch_size", minimum=1)``."""
+    return integer(batch_size, "batch_size", minimum=1)
 
 
 def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
@@ -64,11 +62,8 @@ def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
     return n // batch_size if drop_remainder else math.ceil(n / batch_size)
 
 
-def check_batch_index(batch: int, length: int) -> int:
-    if not 0 <= batch < length:
-        msg = f"Batch index {batch} is out of range: an epoch has {length} batches (0..{length - 1})."
-        raise IndexError(msg)
-    return int(batch)
+# kseq/datasets/caption.py imports the batch-index rule under this name; kseq.validators.batch_index is its home.
+check_batch_index = batch_index
 
 
 class EpochCache:

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from kseq.errors import StructureError
-from kseq.samplers.base import EpochCache, check_batch_index, check_batch_size, epoch_rng, num_batches
+from kseq.samplers.base import EpochCache, check_batch_size, epoch_rng, num_batches
+from kseq.validators import batch_index, integer
 
 __all__ = ["BlockShuffleSampler", "block_permutation"]
 
@@ -88,8 +89,8 @@ class BlockShuffleSampler:
     ) -> None:
         self.n = int(n)
         self.batch_size = check_batch_size(batch_size)
-        self.block_size = _positive_int(block_size, "block_size")
-        self.window = _positive_int(window, "window")
+        self.block_size = integer(block_size, "block_size", minimum=1)
+        self.window = integer(window, "window", minimum=1)
         self.seed = int(seed)
         self.drop_remainder = bool(drop_remainder)
         self._len = num_batches(self.n, self.batch_size, drop_remainder=self.drop_remainder)
@@ -144,12 +145,6 @@ class BlockShuffleSampler:
         return block_permutation(self.n, block_size=self.block_size, window=self.window, seed=self.seed, epoch=epoch)
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:
-        start = check_batch_index(batch, self._len) * self.batch_size
+        start = batch_index(batch, self._len) * self.batch_size
         return self.order(epoch)[start : start + self.batch_size]
 
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        msg = f"{name} must be a positive integer. Received {name}={value!r}."
-        raise StructureError(msg)
-    return int(value)

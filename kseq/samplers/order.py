@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kseq.samplers.base import EpochCache, check_batch_index, check_batch_size, epoch_rng, num_batches
+from kseq.samplers.base import EpochCache, check_batch_size, epoch_rng, num_batches
+from kseq.validators import batch_index
 
 __all__ = ["SequentialSampler", "ShuffleSampler", "epoch_permutation"]
 
@@ -33,7 +34,7 @@ class SequentialSampler:
         return self._len
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:  # noqa: ARG002 - same every epoch
-        start = check_batch_index(batch, self._len) * self.batch_size
+        start = batch_index(batch, self._len) * self.batch_size
         return np.arange(start, min(start + self.batch_size, self.n), dtype=np.int64)
 
 
@@ -65,5 +66,5 @@ class ShuffleSampler:
         return self._cache.get(epoch, lambda e: epoch_permutation(self.n, self.seed, e))
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:
-        start = check_batch_index(batch, self._len) * self.batch_size
+        start = batch_index(batch, self._len) * self.batch_size
         return self.order(epoch)[start : start + self.batch_size]

@@ -44,7 +44,8 @@ from typing import Literal
 import numpy as np
 
 from kseq.errors import StructureError
-from kseq.samplers.base import EpochCache, batch_rng, check_batch_index, check_batch_size, epoch_rng, num_batches
+from kseq.samplers.base import EpochCache, batch_rng, check_batch_size, epoch_rng, num_batches
+from kseq.validators import batch_index, fraction, integer, one_of
 
 __all__ = ["ClassIndex", "PKSampler", "PairSampler", "TripletSampler", "positives_in"]
 
@@ -88,9 +89,7 @@ class ClassIndex:
 
     def __init__(self, labels: object, *, singletons: Singletons = "refuse", name: str = "label") -> None:
         flat = _check_labels(labels, name)
-        if singletons not in ("refuse", "drop", "keep"):
-            msg = f"singletons must be 'refuse', 'drop' or 'keep'. Received {singletons!r}."
-            raise StructureError(msg)
+        one_of(singletons, "singletons", ("refuse", "drop", "keep"))
         classes, class_of, sizes = np.unique(flat, return_inverse=True, return_counts=True)
         class_of = class_of.reshape(-1).astype(np.int64)
         lonely = sizes == 1
@@ -173,7 +172,8 @@ class PairSampler:
         drop_remainder: bool = False,
     ) -> None:
         self.positive_fraction = check_fraction(positive_fraction)
-        self._plan = _Plan(index, batch_size, seed, pairs_per_epoch, classes_per_batch, reshuffle, drop_remainder,
+        per_epoch = integer(pairs_per_epoch, "pairs_per_epoch", minimum=1, optional=True)
+        self._plan = _Plan(index, batch_size, seed, per_epoch, classes_per_batch, reshuffle, drop_remainder,
                            positives=self.positive_fraction > 0, negatives=self.positive_fraction < 1, balance=balance)
 
     def __len__(self) -> int:
@@ -213,7 +213,8 @@ class TripletSampler:
         reshuffle: bool = True,
         drop_remainder: bool = False,
     ) -> None:
-        self._plan = _Plan(index, batch_size, seed, triplets_per_epoch, classes_per_batch, reshuffle, drop_remainder,
+        per_epoch = integer(triplets_per_epoch, "triplets_per_epoch", minimum=1, optional=True)
+        self._plan = _Plan(index, batch_size, seed, per_epoch, classes_per_batch, reshuffle, drop_remainder,
                            positives=True, negatives=True, balance=balance)
 
     def __len__(self) -> int:
@@ -251,7 +252,8 @@ class PKSampler:
         reshuffle: bool = True,
         drop_remainder: bool = False,
     ) -> None:
-        self._plan = _Plan(index, batch_size, seed, rows_per_epoch, classes_per_batch, reshuffle, drop_remainder,
+        per_epoch = integer(rows_per_epoch, "rows_per_epoch", minimum=1, optional=True)
+        self._plan = _Plan(index, batch_size, seed, per_epoch, classes_per_batch, reshuffle, drop_remainder,
                            positives=False, negatives=False)
 
     def __len__(self) -> int:
@@ -263,16 +265,8 @@ class PKSampler:
 
 
 def check_fraction(value: object) -> float:
-    """``positive_fraction`` as a float in ``[0, 1]``, refusing anything else."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
-        0.0 <= float(value) <= 1.0
-    ):
-        msg = (
-            f"positive_fraction must be a number in [0, 1] (the share of same-class pairs per batch). "
-            f"Received positive_fraction={value!r}."
-        )
-        raise StructureError(msg)
-    return float(value)
+    """``positive_fraction`` as a float in ``[0, 1]``: :func:`kseq.validators.fraction` with its meaning."""
+    return fraction(value, "positive_fraction", fix="It is the share of same-class pairs in every batch.")
 
 
 # -- the shared machinery ---------------------------------------------------------------------------------
@@ -336,7 +330,7 @@ class _Plan:
             raise StructureError(msg)
         self.index, self.seed, self.reshuffle = index, int(seed), bool(reshuffle)
         self.batch_size = check_batch_size(batch_size)
-        self.per_epoch = len(index) if per_epoch is None else _check_count(per_epoch)
+        self.per_epoch = len(index) if per_epoch is None else per_epoch
         _check_feasible(index, positives=positives, negatives=negatives)
         self.classes_per_batch = None if classes_per_batch is None else _check_pk(
             index, self.batch_size, classes_per_batch, positives=positives, negatives=negatives
@@ -346,7 +340,7 @@ class _Plan:
         self._cache = EpochCache()
 
     def rng(self, epoch: int, batch: int) -> np.random.Generator:
-        return batch_rng(self.seed, self._epoch(epoch), check_batch_index(batch, self.length))
+        return batch_rng(self.seed, self._epoch(epoch), batch_index(batch, self.length))
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's left rows (NOTE [ how pairs and triplets are drawn ])."""
@@ -402,9 +396,7 @@ def _classes_order(index: ClassIndex, rng: np.random.Generator, length: int) -> 
 
 
 def _check_balance(balance: object, classes_per_batch: int | None) -> Balance:
-    if balance not in ("rows", "classes"):
-        msg = f"balance must be 'rows' or 'classes'. Received balance={balance!r}."
-        raise StructureError(msg)
+    one_of(balance, "balance", ("rows", "classes"))
     if balance == "classes" and classes_per_batch is not None:
         msg = (
             "balance='classes' has no effect with classes_per_batch: P x K batches already draw their classes "
@@ -447,13 +439,6 @@ def _singletons_message(lonely: np.ndarray, name: str) -> str:
     )
 
 
-def _check_count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        msg = f"The number of pairs (triplets, rows) per epoch must be a positive integer. Received {value!r}."
-        raise StructureError(msg)
-    return int(value)
-
-
 def _check_feasible(index: ClassIndex, *, positives: bool, negatives: bool) -> None:
     if negatives and index.num_classes < 2:
         msg = (
@@ -466,10 +451,7 @@ def _check_feasible(index: ClassIndex, *, positives: bool, negatives: bool) -> N
 
 
 def _check_pk(index: ClassIndex, batch_size: int, p: object, *, positives: bool, negatives: bool) -> int:
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
-        msg = f"classes_per_batch must be a positive integer or None. Received classes_per_batch={p!r}."
-        raise StructureError(msg)
-    p = int(p)
+    p = integer(p, "classes_per_batch", minimum=1, optional=True)
     k = batch_size // p
     if batch_size % p:
         msg = (

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kseq.errors import StructureError
-from kseq.samplers.base import check_batch_index, check_batch_size
+from kseq.samplers.base import check_batch_size
+from kseq.validators import batch_index, integer
 
 __all__ = ["StreamLayout", "StreamSampler", "stream_layout"]
 
@@ -86,8 +87,8 @@ def stream_layout(lengths: Sequence[int], *, batch_size: int, timesteps: int, sp
         ([[3, 3], [3, 1]], [[True, True], [False, False]])
     """
     batch_size = check_batch_size(batch_size)
-    timesteps = _check_positive(timesteps, "timesteps")
-    lengths = [_check_positive(n, f"lengths[{j}]") for j, n in enumerate(lengths)]
+    timesteps = integer(timesteps, "timesteps", minimum=1)
+    lengths = [integer(n, f"lengths[{j}]", minimum=1) for j, n in enumerate(lengths)]
     if not lengths:
         msg = "Expected at least one sequence. Received lengths=[]."
         raise StructureError(msg)
@@ -163,12 +164,12 @@ class StreamSampler:
         return self.layout.num_batches
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:  # noqa: ARG002 - the same every epoch
-        sequence, step = self.layout.steps(check_batch_index(batch, len(self)))
+        sequence, step = self.layout.steps(batch_index(batch, len(self)))
         return np.where(sequence >= 0, self.bases[np.maximum(sequence, 0)] + step, -1)
 
     def starts(self, batch: int) -> np.ndarray:
         """Rows of ``batch`` that begin a new piece (their state must be reset first)."""
-        return self.layout.starts[check_batch_index(batch, len(self))]
+        return self.layout.starts[batch_index(batch, len(self))]
 
 
 def _assign(pieces: list[tuple[int, int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
@@ -181,9 +182,3 @@ def _assign(pieces: list[tuple[int, int, int]], batch_size: int) -> list[list[tu
         load[row] += piece[2]
     return streams
 
-
-def _check_positive(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        msg = f"{name} must be a positive integer. Received {name}={value!r}."
-        raise StructureError(msg)
-    return int(value)

@@ -1,33 +1,10 @@
 """Keras callbacks: :class:`ResetStates` for stateful RNNs fed by a stateful dataset.
 
-# NOTE [ resetting some rows of a stateful layer ]
-Keras 3.15 resets a stateful layer as a whole: ``layer.reset_state()`` sets the state
-of every row to zero, and nothing calls it for you, not even between epochs. When
-several sequences share the streams of a :class:`~kseq.datasets.stateful.StatefulSequenceDataset`,
-a new sequence begins in one row while the others are mid-sequence, so a whole-layer
-reset would cut them off. :class:`ResetStates` instead zeroes only the rows that start
-a new sequence: it multiplies each state variable of each stateful layer by a 0/1 row
-mask before that batch (``layer.states`` holds one variable per state, batch first).
-Zero is exactly what ``reset_state()`` assigns, so a reset row and a fresh layer agree.
-
-It runs in ``on_*_batch_begin``, between two steps: on TensorFlow the state variables
-are read by the compiled step, on JAX reading ``self.model`` syncs the state to the
-variables and the next step reads them back. With ``steps_per_execution > 1`` Keras
-runs several batches per call, so a reset inside that group is impossible: refused.
-
-# NOTE [ stateful RNNs on JAX in Keras 3.15 ]
-Measured with Keras 3.15.1 and JAX 0.10: a stateful RNN does not carry its state from
-one batch to the next in ``fit``, ``evaluate`` or ``predict`` on the JAX backend (an
-eager ``model(x)`` does). The JAX trainer runs a stateless step that threads
-``model.non_trainable_variables`` through and writes them back; ``RNN`` creates its
-state variables untracked (``_create_state_variables`` is wrapped in
-``no_automatic_dependency_tracking``), so they are not in that list and every step
-starts from the value they had before ``fit``. :func:`track_states` lists each state
-variable among the layer's variables (through the entry ``Layer.variables`` reads for
-seed generators, which holds a ``.state`` variable), so the stateless steps carry it;
-``model.weights``, ``get_weights`` and saving are unchanged. :class:`ResetStates` does
-this when it is attached. TensorFlow and PyTorch need nothing: their steps update the
-variables in place.
+``ResetStates`` composes three parts, each with its own home: :class:`~kseq.states.StatefulLayers`
+(the model's stateful layers, found once, and the row resets; NOTE [ resetting some rows of a
+stateful layer ]), :func:`~kseq.jax_states.track_states` (state carried on JAX; NOTE [ stateful
+RNNs on JAX in Keras 3.15 ]) and the stream checks at the end of :mod:`kseq.validation`.
+``stateful_layers`` and ``track_states`` are re-exported here, where they were first published.
 """
 
 from __future__ import annotations
@@ -38,59 +15,25 @@ import keras
 import numpy as np
 
 from kseq.errors import StructureError
+from kseq.jax_states import track_layer_states, track_states
+from kseq.states import StatefulLayers, stateful_layers
+from kseq.validation import check_stateful_rows, check_step_count, check_steps_per_execution
 
 __all__ = ["ResetStates", "check_stateful_model", "stateful_layers", "track_states"]
 
 
-def stateful_layers(model: Any) -> list[Any]:
-    """Every built layer of ``model`` (nested models and wrappers included) with ``stateful=True``."""
-    # _flatten_layers walks nested models and wrappers (Bidirectional's forward and backward
-    # layers); Keras has no public recursive walk.
-    layers = model._flatten_layers(include_self=False, recursive=True)
-    return [layer for layer in layers if getattr(layer, "stateful", False) and getattr(layer, "states", None)]
+def check_stateful_model(model: Any, batch_size: int, *, layers: StatefulLayers | None = None) -> None:
+    """Refuse a model whose stateful layers (or fixed input batch size) do not match ``batch_size`` streams.
 
-
-def check_stateful_model(model: Any, batch_size: int) -> None:
-    """Refuse a model whose stateful layers (or fixed input batch size) do not match ``batch_size`` streams."""
-    rows = {layer.name: int(keras.tree.flatten(layer.states)[0].shape[0]) for layer in stateful_layers(model)}
+    ``layers``: the model's :class:`~kseq.states.StatefulLayers` when already found.
+    """
+    rows = (layers if layers is not None else StatefulLayers(model)).rows()
     try:
         inputs = list(model.inputs)
     except (AttributeError, ValueError, TypeError):  # not built yet: only its stateful layers can tell
         inputs = []
     rows |= {f"input {i}": int(t.shape[0]) for i, t in enumerate(inputs) if t.shape and t.shape[0] is not None}
-    wrong = {name: n for name, n in rows.items() if n != batch_size}
-    if wrong:
-        msg = (
-            f"The model is built for batches of {wrong} rows but the dataset has batch_size={batch_size}. "
-            f"Expected one row per stream: build the model on ds.keras_input() "
-            f"(keras.Input(batch_shape=({batch_size}, timesteps, features)))."
-        )
-        raise StructureError(msg)
-
-
-def track_states(model: Any) -> int:
-    """Make ``model``'s stateful layers carry their state across batches on JAX; returns how many it listed.
-
-    A no-op on other backends and for states already listed. See
-    NOTE [ stateful RNNs on JAX in Keras 3.15 ].
-    """
-    if keras.backend.backend() != "jax":
-        return 0
-    added = 0
-    for layer in stateful_layers(model):
-        listed = layer._seed_generators  # the list Layer.variables reads `.state` from
-        for state in keras.tree.flatten(layer.states):
-            if not any(getattr(entry, "state", None) is state for entry in listed):
-                listed.append(_ListedState(state))
-                added += 1
-    return added
-
-
-class _ListedState:
-    """An entry of ``Layer._seed_generators``: ``Layer.variables`` reads only its ``state``."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    check_stateful_rows(rows, batch_size)
 
 
 class ResetStates(keras.callbacks.Callback):
@@ -103,7 +46,8 @@ class ResetStates(keras.callbacks.Callback):
     ``starts(batch)`` method, such as a
     :class:`~kseq.datasets.stateful.StatefulSequenceDataset`, it also resets, before each
     batch, the rows where a new sequence begins, and only those; see
-    NOTE [ resetting some rows of a stateful layer ].
+    NOTE [ resetting some rows of a stateful layer ]. The stateful layers are looked up when
+    Keras sets the model (once per ``fit``, ``evaluate`` or ``predict`` call), not per batch.
 
     Args:
         dataset: the dataset passed to ``fit`` (or to ``evaluate`` / ``predict``);
@@ -137,25 +81,24 @@ class ResetStates(keras.callbacks.Callback):
         self.dataset = _check_dataset(dataset, "dataset")
         self.validation_data = _check_dataset(validation_data, "validation_data")
         self._fitting = False
+        self._stateful: StatefulLayers | None = None
 
     def set_model(self, model: Any) -> None:
         super().set_model(model)
-        track_states(model)
+        self._find(model)
+
+    @property
+    def stateful(self) -> StatefulLayers:
+        """The stateful layers of the model, as found when it was set (again once it is built, if it was not)."""
+        return self._synced()
 
     # -- fit --------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
         self._fitting = True
-        track_states(self.model)
         self._check_model(self.dataset, "fit")
-        steps = (self.params or {}).get("steps")
-        if self.dataset is not None and steps is not None and steps != len(self.dataset):
-            msg = (
-                f"fit runs {steps} steps per epoch but ResetStates' dataset has {len(self.dataset)} batches. "
-                "Expected the dataset passed to fit, with steps_per_epoch=None: a stateful epoch is the whole "
-                "stream. Pass ResetStates(<the dataset given to fit>)."
-            )
-            raise StructureError(msg)
+        if self.dataset is not None:
+            check_step_count((self.params or {}).get("steps"), self.dataset, "fit")
 
     def on_train_end(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
         self._fitting = False
@@ -179,10 +122,10 @@ class ResetStates(keras.callbacks.Callback):
                 "with the dataset passed as fit(validation_data=val)."
             )
             raise StructureError(msg)
-        self._check_model(self._evaluated(), "evaluate")
-        if not self._fitting:  # inside fit, params are fit's own (its training steps)
-            self._check_steps(self._evaluated(), "evaluate")
-        track_states(self.model)
+        dataset = self._evaluated()
+        self._check_model(dataset, "evaluate")
+        if dataset is not None and not self._fitting:  # inside fit, params are fit's own (its training steps)
+            check_step_count((self.params or {}).get("steps"), dataset, "evaluate")
         self.reset_all()
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:  # noqa: ARG002
@@ -192,8 +135,8 @@ class ResetStates(keras.callbacks.Callback):
 
     def on_predict_begin(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
         self._check_model(self.dataset, "predict")
-        self._check_steps(self.dataset, "predict")
-        track_states(self.model)
+        if self.dataset is not None:
+            check_step_count((self.params or {}).get("steps"), self.dataset, "predict")
         self.reset_all()
 
     def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:  # noqa: ARG002
@@ -203,16 +146,11 @@ class ResetStates(keras.callbacks.Callback):
 
     def reset_all(self) -> None:
         """Zero the state of every row of every stateful layer."""
-        for layer in stateful_layers(self.model):
-            layer.reset_state()
+        self._synced().reset_all()
 
     def reset_rows(self, rows: np.ndarray) -> None:
         """Zero the state of the rows where ``rows`` is true, leaving the others as they are."""
-        keep = (~np.asarray(rows, dtype=bool)).astype("float32")
-        for layer in stateful_layers(self.model):
-            for state in keras.tree.flatten(layer.states):
-                mask = keep.reshape((len(keep),) + (1,) * (len(state.shape) - 1))
-                state.assign(state.value * keras.ops.convert_to_tensor(mask, dtype=state.dtype))
+        self._synced().reset_rows(rows)
 
     def _before(self, dataset: Any, batch: int) -> None:
         if dataset is None:
@@ -230,33 +168,28 @@ class ResetStates(keras.callbacks.Callback):
         if rows.any():
             self.reset_rows(rows)
 
+    def _find(self, model: Any) -> StatefulLayers:
+        self._stateful = StatefulLayers(model)
+        track_layer_states(self._stateful.layers)
+        return self._stateful
+
+    def _synced(self) -> StatefulLayers:
+        # Reading self.model makes JAX write its state back to the variables first, and the next
+        # step read them again: NOTE [ resetting some rows of a stateful layer ].
+        model = self.model
+        if self._stateful is None or not self._stateful.complete:
+            return self._find(model)
+        return self._stateful
+
     def _evaluated(self) -> Any:
         """The validation dataset inside ``fit``; the dataset itself for ``evaluate`` on its own."""
         return self.validation_data if self._fitting and self.validation_data is not None else self.dataset
 
-    def _check_steps(self, dataset: Any, call: str) -> None:
-        steps = (self.params or {}).get("steps")
-        if dataset is None or steps is None or steps == len(dataset):
-            return
-        msg = (
-            f"{call} runs {steps} steps but ResetStates' dataset has {len(dataset)} batches, so its resets "
-            f"would fall at the wrong batches. Expected ResetStates(<the dataset given to {call}>) and "
-            f"{call}(..., steps=None)."
-        )
-        raise StructureError(msg)
-
     def _check_model(self, dataset: Any, call: str) -> None:
         if dataset is None:
             return
-        check_stateful_model(self.model, dataset.batch_size)
-        group = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        if group > 1 and any(dataset.starts(k).any() for k in range(1, len(dataset))):
-            msg = (
-                f"{call} runs steps_per_execution={group} batches per call, but this dataset starts new sequences "
-                "inside an epoch and their rows must be reset between two batches. "
-                "Expected steps_per_execution=1: compile(..., steps_per_execution=1)."
-            )
-            raise StructureError(msg)
+        check_stateful_model(self.model, dataset.batch_size, layers=self._synced())
+        check_steps_per_execution(int(getattr(self.model, "steps_per_execution", 1) or 1), dataset, call)
 
 
 def _check_dataset(dataset: Any, argument: str) -> Any:

@@ -177,3 +177,65 @@ def _dtypes_fit(received: np.dtype, expected: str) -> bool:
         return False
     # A float fed to an integer input truncates silently; everything else converts.
     return not (received.kind == "f" and ("int" in expected or expected == "bool"))
+
+
+# -- stateful models and stream datasets ------------------------------------------------------------------------
+# What a model and its run must agree on with a stream dataset (``starts(batch)``, ``batch_size``, ``len``):
+# one row per stream, a reset between any two batches, and the whole stream per epoch. They take plain facts
+# (row counts, steps), so they hold no Keras; :func:`kseq.callbacks.check_stateful_model` gathers them from a
+# model, and :class:`kseq.callbacks.ResetStates` runs them when fit, evaluate or predict starts.
+
+__all__ += ["check_stateful_rows", "check_step_count", "check_steps_per_execution"]
+
+
+def check_stateful_rows(rows: Mapping[str, int], batch_size: int) -> None:
+    """Refuse stateful layers or fixed input batch sizes (``{name: rows}``) other than ``batch_size`` streams.
+
+    Example:
+        >>> check_stateful_rows({"lstm": 4, "input 0": 4}, 4)
+        >>> check_stateful_rows({"lstm": 3}, 4)
+        Traceback (most recent call last):
+        ...
+        kseq.errors.StructureError: The model is built for batches of {'lstm': 3} rows but the dataset ...
+    """
+    wrong = {name: n for name, n in rows.items() if n != batch_size}
+    if wrong:
+        msg = (
+            f"The model is built for batches of {wrong} rows but the dataset has batch_size={batch_size}. "
+            f"Expected one row per stream: build the model on ds.keras_input() "
+            f"(keras.Input(batch_shape=({batch_size}, timesteps, features)))."
+        )
+        raise StructureError(msg)
+
+
+def check_steps_per_execution(steps_per_execution: int, dataset: Any, call: str) -> None:
+    """Refuse several batches per step call when ``dataset`` starts a sequence after batch 0 (a reset between)."""
+    if steps_per_execution > 1 and any(dataset.starts(k).any() for k in range(1, len(dataset))):
+        msg = (
+            f"{call} runs steps_per_execution={steps_per_execution} batches per call, but this dataset starts new "
+            "sequences inside an epoch and their rows must be reset between two batches. "
+            "Expected steps_per_execution=1: compile(..., steps_per_execution=1)."
+        )
+        raise StructureError(msg)
+
+
+def check_step_count(steps: int | None, dataset: Any, call: str) -> None:
+    """Refuse a ``fit`` epoch, ``evaluate`` or ``predict`` of ``steps`` batches other than the whole ``dataset``.
+
+    ``steps=None`` (Keras does not know the count) passes.
+    """
+    if steps is None or steps == len(dataset):
+        return
+    if call == "fit":
+        msg = (
+            f"fit runs {steps} steps per epoch but ResetStates' dataset has {len(dataset)} batches. "
+            "Expected the dataset passed to fit, with steps_per_epoch=None: a stateful epoch is the whole "
+            "stream. Pass ResetStates(<the dataset given to fit>)."
+        )
+    else:
+        msg = (
+            f"{call} runs {steps} steps but ResetStates' dataset has {len(dataset)} batches, so its resets "
+            f"would fall at the wrong batches. Expected ResetStates(<the dataset given to {call}>) and "
+            f"{call}(..., steps=None)."
+        )
+    raise StructureError(msg)

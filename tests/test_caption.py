@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from kseq import StructureError
-from kseq.datasets.caption import CaptionDataset, CaptionSampler
+from kseq.datasets.caption import CaptionDataset
+from kseq.samplers import CaptionSampler
 from kseq.text import TokenTable, Vocabulary, standardize, tokenize
 
 START, END = 2, 3
@@ -119,7 +120,7 @@ class TestTokenTable:
 class TestTeacherForcing:
     def test_shift_and_padding_exactly(self):
         caps = [[[2, 5, 6, 3]], [[2, 7, 3]], [[2, 8, 9, 10, 11, 3]]]
-        ds = CaptionDataset(np.eye(3, dtype="float32"), caps, batch_size=3, shuffle=False, sample_weight="mask")
+        ds = CaptionDataset(np.eye(3, dtype="float32"), caps, batch_size=3, shuffle=False, weighting="mask")
         x, y, w = ds[0]
         assert x["decoder_input"].tolist() == [[2, 5, 6, 0, 0], [2, 7, 0, 0, 0], [2, 8, 9, 10, 11]]
         assert y["decoder_output"].tolist() == [[5, 6, 3, 0, 0], [7, 3, 0, 0, 0], [8, 9, 10, 11, 3]]
@@ -135,7 +136,7 @@ class TestTeacherForcing:
         assert weights.sum() == pytest.approx(weights.size)
 
     def test_no_sample_weight_gives_x_y(self, corpus):
-        assert len(CaptionDataset(*corpus, sample_weight=None, seed=0)[0]) == 2
+        assert len(CaptionDataset(*corpus, weighting=None, seed=0)[0]) == 2
 
     def test_names_follow_the_model(self, corpus):
         ds = CaptionDataset(*corpus, input_names=("img", "words"), output_name="next", seed=0)
@@ -145,7 +146,7 @@ class TestTeacherForcing:
     def test_max_length_truncates_and_warns_once_with_the_count(self):
         caps = [[[2, 4, 5, 6, 7, 3]], [[2, 4, 3]], [[2, 4, 5, 6, 7, 8, 9, 3]]]
         with pytest.warns(UserWarning, match=r"2 of 3 captions are longer than max_length=4") as record:
-            ds = CaptionDataset(np.eye(3), caps, max_length=4, batch_size=3, shuffle=False, sample_weight="mask")
+            ds = CaptionDataset(np.eye(3), caps, max_length=4, batch_size=3, shuffle=False, weighting="mask")
         assert len(record) == 1
         assert ds.num_truncated == 2
         x, y, _ = ds[0]
@@ -173,7 +174,7 @@ class TestSignatureWidths:
 
     def test_batch_one_is_widened_when_it_matches_batch_zero(self):
         caps = [[[2, 4, 4, 3]]] * 6 + [[[2, 4, 3]]] * 2  # batches of 2: widths 3, 3, 3, 2 unshuffled
-        ds = CaptionDataset(np.zeros((8, 1)), caps, batch_size=2, shuffle=False, sample_weight="mask")
+        ds = CaptionDataset(np.zeros((8, 1)), caps, batch_size=2, shuffle=False, weighting="mask")
         assert [ds.batch_width(i) for i in range(4)] == [3, 4, 3, 2]
         x, _, w = ds[1]
         assert x["decoder_input"].tolist() == [[2, 4, 4, 0]] * 2
@@ -389,9 +390,9 @@ class TestValidation:
         ("kwargs", "match"),
         [
             ({"captions_per_image": "two"}, "captions_per_image must be"),
-            ({"sample_weight": "sum"}, "sample_weight must be"),
+            ({"weighting": "sum"}, "weighting must be one of"),
             ({"max_length": 1}, "max_length must be an integer >= 2"),
-            ({"pad_to_multiple": 0}, "pad_to_multiple must be an integer >= 1"),
+            ({"pad_to_multiple": 0}, "pad_to_multiple must be a positive integer"),
             ({"input_names": ("x",)}, "input_names must be two distinct names"),
         ],
     )
@@ -414,8 +415,7 @@ class TestFit:
 
         ds = Recording(*learnable(), captions_per_image="all", batch_size=8, seed=0)
         model = captioner(12, 4)
-        ds.check(model, verbose=False)
-        hist = model.fit(ds, epochs=6, verbose=0)
+        hist = model.fit(ds.for_model(model), epochs=6, verbose=0)
         assert len(set(widths)) >= 3
         assert hist.history["loss"][-1] < 0.4 * hist.history["loss"][0]  # the floor: two caption lengths per kind
 
@@ -452,7 +452,7 @@ class TestFit:
         vectorize.adapt(texts)
         ids = keras.ops.convert_to_numpy(vectorize(texts))
         ds = CaptionDataset(np.eye(2), ids, image_ids=[0, 1, 0], captions_per_image="all", batch_size=3,
-                            shuffle=False, sample_weight="mask")
+                            shuffle=False, weighting="mask")
         vocab = vectorize.get_vocabulary()
         _, y, w = ds[0]
         kept = [row[mask > 0] for row, mask in zip(y["decoder_output"], w["decoder_output"], strict=True)]

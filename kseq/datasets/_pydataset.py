@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["WORKER_ENV", "PyDatasetBase", "WorkerPyDataset", "in_worker_process"]
+from kseq.workers.process import WORKER_ENV
 
-WORKER_ENV = "KSEQ_WORKER_PROCESS"
+__all__ = ["PyDatasetBase", "WorkerPyDataset", "in_worker_process"]
 
 
 def in_worker_process() -> bool:

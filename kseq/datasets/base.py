@@ -1,4 +1,17 @@
-"""Dataset: a ``keras.utils.PyDataset`` composed of a Source, a Sampler and batch assembly."""
+"""Dataset: a ``keras.utils.PyDataset`` composed of a Source, a Sampler and batch assembly.
+
+# NOTE [ construction order ]
+The constructor of :class:`Dataset` checks and stores its own arguments and calls no
+method that a subclass overrides. The sampler is built by :meth:`Dataset.make_sampler`
+the first time ``ds.sampler`` (or ``len(ds)``, or a batch) is read, so a subclass sets
+its attributes before or after ``super().__init__()`` as it likes, and its
+``make_sampler`` can use all of them. The one exception is the base's own
+``make_sampler``, which reads only what the base constructor stored: when a class does
+not override it, the base builds the sampler at once, so a bad ``batch_size`` or
+``shuffle="block"`` setting is refused at construction. A subclass with its own
+sampler ends its constructor with ``self.sampler`` (as kseq's datasets do) to get the
+same.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +19,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import keras
 import numpy as np
 
+from kseq.datasets._pydataset import PyDatasetBase
+from kseq.datasets.view import ModelView
 from kseq.errors import StructureError
 from kseq.samplers import (
     BlockShuffleSampler,
@@ -22,12 +36,14 @@ from kseq.samplers import (
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check
+from kseq.validators import batch_index
+from kseq.validators import seed as check_seed
 from kseq.workers import BatchLoader, WorkerConfig, batch_context, current_batch
 
 __all__ = ["Dataset"]
 
 
-class Dataset(keras.utils.PyDataset):
+class Dataset(PyDatasetBase):
     """A PyDataset that reads rows from a Source in the order a Sampler gives.
 
     Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: the same on
@@ -36,7 +52,12 @@ class Dataset(keras.utils.PyDataset):
 
     Subclasses override :meth:`build_batch`, which turns the rows of one batch
     (``{field: array}``) into ``(x, y)`` or ``(x, y, sample_weight)``. The default
-    returns the rows as x alone (useful for ``predict``).
+    returns the rows as x alone (useful for ``predict``). :meth:`read_rows` (which rows
+    of which fields a batch reads) and :meth:`make_sampler` (the order) may be overridden
+    too; :meth:`get_batch` composes them and is the same for every kseq dataset:
+    ``build_batch(read_rows(sampler.indices(epoch, index)))``. Inside either,
+    :meth:`batch_position` and :meth:`batch_rng` tell the batch being built. See
+    NOTE [ construction order ] for when the sampler is built.
 
     Args:
         source: a :class:`~kseq.sources.Source`, a dict of arrays, or a DataFrame.
@@ -95,24 +116,33 @@ class Dataset(keras.utils.PyDataset):
         self.source = as_source(source)
         self.batch_size = check_batch_size(batch_size)
         self.shuffle = _check_shuffle(shuffle)
-        self.seed = draw_seed() if seed is None else _check_seed(seed)
+        self.seed = draw_seed() if seed is None else check_seed(seed, "seed")
         self.drop_remainder = bool(drop_remainder)
         self.epoch = 0
-        self._structure: ModelStructure | None = None
         self._served: set[int] = set()  # batch indices served by __getitem__ this epoch
         self._warned_partial = False
-        self.sampler = self.make_sampler()
-        if len(self.sampler) == 0:
-            msg = (
-                f"The dataset has no batches: {len(self.source)} rows, batch_size={self.batch_size}, "
-                f"drop_remainder={self.drop_remainder}. Lower batch_size or set drop_remainder=False."
-            )
-            raise StructureError(msg)
+        self._sampler: Sampler | None = None
+        if type(self).make_sampler is Dataset.make_sampler:  # NOTE [ construction order ]
+            self.sampler  # noqa: B018 - built now: the base's sampler reads only what was checked above
+
+    @property
+    def sampler(self) -> Sampler:
+        """Which rows make each batch; built by :meth:`make_sampler` on first use (NOTE [ construction order ])."""
+        if self._sampler is None:
+            sampler = self.make_sampler()
+            if len(sampler) == 0:
+                msg = (
+                    f"{type(self).__name__} has no batches: {len(self.source)} rows, batch_size={self.batch_size}, "
+                    f"drop_remainder={self.drop_remainder}. Lower batch_size or set drop_remainder=False."
+                )
+                raise StructureError(msg)
+            self._sampler = sampler
+        return self._sampler
 
     # -- the parts a subclass may override ---------------------------------------
 
     def make_sampler(self) -> Sampler:
-        """The sampler of this dataset; called once, at construction."""
+        """The sampler of this dataset; called once, the first time ``self.sampler`` is read."""
         n = len(self.source)
         if self.shuffle == "block":
             return BlockShuffleSampler.for_source(
@@ -154,9 +184,10 @@ class Dataset(keras.utils.PyDataset):
         if self._loader is None:
             batch = self.get_batch(index)
         else:
-            batch = self._loader.get(self, self.epoch, _check_index(index, len(self)), len(self))
+            batch = self._loader.get(self, self.epoch, batch_index(index, len(self)), len(self))
         self._served.add(int(index))
-        return batch if self._structure is None else self._structure.adapt(batch)
+        # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
+        return batch if (structure := getattr(self, "_structure", None)) is None else structure.adapt(batch)
 
     def on_epoch_end(self) -> None:
         """Advance the epoch (``model.fit`` calls this after each of its epochs); see NOTE [ partial epochs ]."""
@@ -189,10 +220,25 @@ class Dataset(keras.utils.PyDataset):
     def get_batch(self, index: int, epoch: int | None = None) -> tuple:
         """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model."""
         epoch = self.epoch if epoch is None else int(epoch)
-        index = _check_index(index, len(self))
+        index = batch_index(index, len(self))
         with batch_context(epoch, index):
             batch = self.build_batch(self.read_rows(self.sampler.indices(epoch, index)))
         return _as_batch_tuple(batch, type(self).__name__)
+
+    def batch_position(self) -> tuple[int, int]:
+        """``(epoch, index)`` of the batch being built, inside :meth:`read_rows` or :meth:`build_batch`.
+
+        The same inline, in threads and in worker processes (where ``self.epoch`` may lag).
+        For a subclass whose batch depends on its position, e.g. a width that differs for batch 1.
+        """
+        current = current_batch()
+        if current is None:
+            msg = (
+                "batch_position() must be called while a batch is being built (inside read_rows or "
+                "build_batch). Received a call outside a batch. Call get_batch(index, epoch) instead."
+            )
+            raise StructureError(msg)
+        return current
 
     def batch_rng(self, index: int | None = None, epoch: int | None = None) -> np.random.Generator:
         """A generator for random per-sample transforms, seeded by ``(seed, epoch, index)``.
@@ -257,11 +303,28 @@ class Dataset(keras.utils.PyDataset):
         self.close()
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
-        """``kseq.check(model, self)``: compare with ``model`` and adapt batches to its structure."""
+        """``kseq.check(model, self)``: compare batch 0 with ``model``; read-only (:meth:`for_model` adapts)."""
         return check(model, self, verbose=verbose)
 
+    def for_model(self, model: Any) -> ModelView:
+        """A new PyDataset of this dataset's batches in ``model``'s structure, checked first; see :class:`ModelView`.
+
+        This dataset stays named (``ds[i]`` unchanged), so it can serve other models through their own views.
+        """
+        return ModelView(self, model)
+
     def set_structure(self, structure: ModelStructure | None) -> None:
-        """Emit batches in ``structure``'s form from now on (``None``: named, as built)."""
+        """Deprecated: train on ``ds.for_model(model)`` instead, which leaves this dataset named.
+
+        Emits batches in ``structure``'s form from now on (``None``: named, as built), for every user of
+        this dataset: another model with inputs in another order would get arrays in the wrong places.
+        """
+        warnings.warn(
+            "Dataset.set_structure() is deprecated: it changes what ds[i] returns for every model that reads this "
+            "dataset. Use view = ds.for_model(model) and pass the view to fit; ds itself stays named.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self._structure = structure
 
     def __repr__(self) -> str:
@@ -286,23 +349,6 @@ def _check_shuffle(shuffle: object) -> bool | Literal["block"]:
         return bool(shuffle)
     msg = f'shuffle must be True, False or "block". Received shuffle={shuffle!r}.'
     raise StructureError(msg)
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        msg = f"seed must be a non-negative integer or None. Received seed={seed!r}."
-        raise StructureError(msg)
-    return int(seed)
-
-
-def _check_index(index: object, length: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-        msg = f"Batch index must be an integer. Received {index!r}."
-        raise TypeError(msg)
-    if not 0 <= index < length:
-        msg = f"Batch index {index} is out of range: this dataset has {length} batches."
-        raise IndexError(msg)
-    return int(index)
 
 
 def _as_batch_tuple(batch: Any, owner: str) -> tuple:

@@ -28,7 +28,6 @@ caption): one shape, one compile, and a fixed ``Input(shape=(length,))`` works.
 
 from __future__ import annotations
 
-import operator
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -40,84 +39,15 @@ import pandas as pd
 from kseq.batching import pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
-from kseq.samplers import check_batch_size, epoch_rng, num_batches
-from kseq.samplers.base import EpochCache, check_batch_index
+from kseq.samplers.caption import CaptionSampler
 from kseq.sources import ArraySource, Source, as_source
 from kseq.text import TokenTable
+from kseq.validators import integer, one_of
+from kseq.validators import name as check_name
 
-__all__ = ["CaptionDataset", "CaptionSampler"]
+__all__ = ["CaptionDataset", "CaptionSampler"]  # CaptionSampler lives in kseq.samplers; kept here for 0.1.0 imports
 
 Weighting = Literal["mean", "mask"] | None
-
-
-class CaptionSampler:
-    """Which captions make batch ``i`` of epoch ``e``: a pure function of ``(seed, e, i)``.
-
-    Captions are numbered ``0..n-1`` and grouped by image (``image_of`` is sorted).
-    ``one_per_image``: each epoch draws one caption per image from
-    ``epoch_rng(seed, e)``; otherwise every caption appears once per epoch.
-    ``shuffle=False`` fixes everything at epoch 0's draw: the same captions, in
-    image order, every epoch (a validation set that does not move).
-    ``bucket_window``: sort each window of that many batches by length, then shuffle
-    the order of the full batches, so batches hold captions of similar length.
-
-    Example:
-        >>> s = CaptionSampler(np.array([0, 0, 1, 1, 1]), np.array([3, 4, 3, 5, 6]), one_per_image=True,
-        ...                    batch_size=2, seed=0)
-        >>> len(s), sorted(np.array([0, 0, 1, 1, 1])[s.indices(0, 0)].tolist())
-        (1, [0, 1])
-    """
-
-    def __init__(
-        self,
-        image_of: np.ndarray,
-        lengths: np.ndarray,
-        *,
-        one_per_image: bool,
-        batch_size: int,
-        seed: int,
-        shuffle: bool = True,
-        drop_remainder: bool = False,
-        bucket_window: int | None = None,
-    ) -> None:
-        self.lengths = np.asarray(lengths)
-        self.one_per_image = bool(one_per_image)
-        _, self._starts, self._counts = np.unique(np.asarray(image_of), return_index=True, return_counts=True)
-        self.n = len(self._starts) if self.one_per_image else len(self.lengths)
-        self.batch_size = check_batch_size(batch_size)
-        self.seed, self.shuffle, self.bucket_window = int(seed), bool(shuffle), bucket_window
-        self._len = num_batches(self.n, self.batch_size, drop_remainder=bool(drop_remainder))
-        self._cache = EpochCache()
-
-    def __len__(self) -> int:
-        return self._len
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The caption ids of one epoch, batch after batch (read-only)."""
-        return self._cache.get(epoch, self._make)
-
-    def indices(self, epoch: int, batch: int) -> np.ndarray:
-        start = check_batch_index(batch, self._len) * self.batch_size
-        return self.order(epoch)[start : start + self.batch_size]
-
-    def _make(self, epoch: int) -> np.ndarray:
-        rng = epoch_rng(self.seed, epoch if self.shuffle else 0)  # shuffle=False: the same captions every epoch
-        if self.one_per_image:
-            ids = self._starts + (rng.random(len(self._starts)) * self._counts).astype(np.int64)
-        else:
-            ids = np.arange(self.n, dtype=np.int64)
-        if self.shuffle:
-            ids = ids[rng.permutation(len(ids))]
-        return ids if self.bucket_window is None else self._bucket(ids, rng)
-
-    def _bucket(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        window = np.arange(len(ids)) // (self.bucket_window * self.batch_size)  # type: ignore[operator]
-        ids = ids[np.lexsort((self.lengths[ids], window))]  # stable: ties keep the shuffled order
-        full = len(ids) // self.batch_size * self.batch_size
-        if not self.shuffle or full == 0:
-            return ids
-        batches = ids[:full].reshape(-1, self.batch_size)[rng.permutation(full // self.batch_size)]
-        return np.concatenate([batches.reshape(-1), ids[full:]])  # a partial batch stays last
 
 
 class CaptionDataset(Dataset):
@@ -156,10 +86,11 @@ class CaptionDataset(Dataset):
         bucket_window: with bucketing, sort within windows of this many batches.
         input_names: the model's ``(features input, decoder input)`` names.
         output_name: the model's output name.
-        sample_weight: ``"mean"``: 0 on padding and ``B*T / real tokens`` elsewhere, so the
+        weighting: ``"mean"``: 0 on padding and ``B*T / real tokens`` elsewhere, so the
             default ``sum_over_batch_size`` loss is the mean over real tokens however much
             padding a batch has (what Keras does for its own masks); ``"mask"``: 0/1;
-            ``None``: no weights, batches are ``(x, y)``.
+            ``None``: no weights, batches are ``(x, y)``. (Named ``sample_weight=`` in 0.1.0;
+            that name still works and warns: in :class:`MultiInputDataset` ``sample_weight`` is a field.)
         **kwargs: batch_size, shuffle, seed, drop_remainder, workers, ...: see :class:`Dataset`.
 
     Raises:
@@ -196,32 +127,34 @@ class CaptionDataset(Dataset):
         bucket_window: int = 20,
         input_names: Sequence[str] = ("transfer_values_input", "decoder_input"),
         output_name: str = "decoder_output",
-        sample_weight: Weighting = "mean",
+        weighting: Weighting = "mean",
         **kwargs: Any,
     ) -> None:
+        if "sample_weight" in kwargs:
+            weighting = _renamed_sample_weight(kwargs.pop("sample_weight"))
         source, self.features_field = _features_source(features, features_field)
-        if captions_per_image not in ("one", "all"):
-            msg = f'captions_per_image must be "one" or "all". Received {captions_per_image!r}.'
-            raise StructureError(msg)
-        if sample_weight not in ("mean", "mask", None):
-            msg = f'sample_weight must be "mean", "mask" or None. Received {sample_weight!r}.'
-            raise StructureError(msg)
-        self.captions_per_image = captions_per_image
-        self.pad_value = _integer(pad_value, "pad_value", minimum=None)
-        self.max_length = None if max_length is None else _integer(max_length, "max_length", minimum=2)
-        self.pad_to_multiple = _integer(pad_to_multiple, "pad_to_multiple", minimum=1)
-        self.bucket_window = _integer(bucket_window, "bucket_window", minimum=1)
+        super().__init__(source, **kwargs)
+        self.captions_per_image = one_of(captions_per_image, "captions_per_image", ("one", "all"))
+        self.weighting = one_of(weighting, "weighting", ("mean", "mask", None))
+        self.pad_value = integer(pad_value, "pad_value")
+        self.max_length = None if max_length is None else integer(max_length, "max_length", minimum=2)
+        self.pad_to_multiple = integer(pad_to_multiple, "pad_to_multiple", minimum=1)
+        self.bucket_window = integer(bucket_window, "bucket_window", minimum=1)
         self.fixed_length, self.bucket_by_length = bool(fixed_length), bool(bucket_by_length)
         self.input_names = _input_names(input_names)
-        self.output_name = _name(output_name, "output_name")
-        self.sample_weight_mode = sample_weight
+        self.output_name = check_name(output_name, "output_name")
         self.table, self.image_of, self._rows = _parse_captions(captions, image_ids, len(source), self.pad_value)
         full = self.table.lengths[self._rows]
         self.lengths = full if self.max_length is None else np.minimum(full, self.max_length)
         self.num_truncated = int((full > self.lengths).sum())
         self._warn_about_data(len(source))
-        super().__init__(source, **kwargs)
-        self.sequence_length = self._constant_width()
+        self.sequence_length = self._constant_width()  # reads len(self): builds the sampler, refusing an empty one
+
+    @property
+    def sample_weight_mode(self) -> Weighting:
+        """Deprecated name of :attr:`weighting` (0.1.0)."""
+        warnings.warn("CaptionDataset.sample_weight_mode is now .weighting.", DeprecationWarning, stacklevel=2)
+        return self.weighting
 
     # -- batches -------------------------------------------------------------------
 
@@ -237,24 +170,32 @@ class CaptionDataset(Dataset):
             bucket_window=self.bucket_window if self.bucket_by_length else None,
         )
 
-    def get_batch(self, index: int, epoch: int | None = None) -> tuple:
-        """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model."""
-        epoch = self.epoch if epoch is None else int(epoch)
-        index = operator.index(index)
-        ids = self.sampler.indices(epoch, index)
-        steps = self.lengths[ids] - 1
+    def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The captions ``indices`` (caption ids from the sampler) and their images' features.
+
+        Returns ``{"features": (B, *feature_shape), "tokens": (B, T + 1), "steps": (B,)}``: each
+        caption's tokens post-padded to the batch's width ``T`` (:meth:`batch_width`) plus one,
+        and its number of decoder steps (tokens - 1).
+        """
+        epoch, index = self.batch_position()
+        steps = self.lengths[indices] - 1
         width = self.batch_width(index, epoch)
-        tokens = self.table.gather(self._rows[ids], width=width + 1, lengths=steps + 1)
-        real = np.arange(width) < steps[:, None]
+        tokens = self.table.gather(self._rows[indices], width=width + 1, lengths=steps + 1)
+        return {"features": self._features(indices), "tokens": tokens, "steps": steps}
+
+    def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
+        """Teacher forcing: x is the features and the caption but its last token, y the caption but its first."""
+        tokens, steps = rows["tokens"], rows["steps"]
+        real = np.arange(tokens.shape[1] - 1) < steps[:, None]
         x = {
-            self.input_names[0]: self._features(ids),
+            self.input_names[0]: rows["features"],
             self.input_names[1]: np.where(real, tokens[:, :-1], np.int32(self.pad_value)),
         }
         y = {self.output_name: tokens[:, 1:]}
-        if self.sample_weight_mode is None:
+        if self.weighting is None:
             return pack(x, y)
         weights = real.astype(np.float32)
-        if self.sample_weight_mode == "mean":
+        if self.weighting == "mean":
             weights *= np.float32(real.size / max(int(steps.sum()), 1))
         return pack(x, y, {self.output_name: weights})
 
@@ -454,18 +395,12 @@ def _round_up(n: int, multiple: int) -> int:
     return max(1, -(-n // multiple) * multiple)
 
 
-def _integer(value: object, name: str, *, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
-        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-        msg = f"{name} must be {expected}. Received {name}={value!r}."
-        raise StructureError(msg)
-    return int(value)
-
-
-def _name(value: object, argument: str) -> str:
-    if not isinstance(value, str) or not value:
-        msg = f"{argument} must be a non-empty string. Received {value!r}."
-        raise StructureError(msg)
+def _renamed_sample_weight(value: Any) -> Any:
+    warnings.warn(
+        "CaptionDataset(sample_weight=...) is now weighting=... (sample_weight names a field elsewhere in kseq).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return value
 
 
@@ -476,4 +411,4 @@ def _input_names(names: Sequence[str]) -> tuple[str, str]:
             f"Received {names!r}."
         )
         raise StructureError(msg)
-    return _name(names[0], "input_names[0]"), _name(names[1], "input_names[1]")
+    return check_name(names[0], "input_names[0]"), check_name(names[1], "input_names[1]")

@@ -10,11 +10,10 @@ A batch of ``b`` pairs names up to ``2 b`` rows, often with repeats (always in P
 where every partner is a row of the batch's own block). Two ways to read them:
 
   * one ``source.read`` per side, straight into each side's array: no sort, no second copy.
-    kseq's own sources are read this way. An ``ArraySource`` (arrays, memmaps, a DataFrame's
-    columns) is numpy fancy indexing; an ``HDF5Source`` is a memory map or a chunk cache,
-    so a row named twice costs a copy, not a second disk read. Measured, 256 random pairs
-    of 28x28 float32 rows from 10k, 2 cores: HDF5Source contiguous 177 us per side vs 271
-    us for the union read, chunked 235 vs 324 (numpy: 116).
+    Used for a source whose row reads are cheap (:func:`kseq.sources.cheap_row_reads`):
+    kseq's own sources, where an ``ArraySource`` is numpy fancy indexing and an
+    ``HDF5Source`` a memory map or a chunk cache, so a row named twice costs a copy, not a
+    second disk read. Faster than the union read for both (benchmarks/README.md, pairs).
   * one ``source.read`` of the sorted unique rows, then one ``take`` per side: each row is
     fetched once, in storage order, in one call. Any other Source is read this way, since
     a source of unknown cost (a database, a remote store, a user's reader) may pay per row.
@@ -33,7 +32,8 @@ from kseq.batching import pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.pairs import Balance, ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
-from kseq.sources import ArraySource, HDF5Source, Source, as_source, check_fields
+from kseq.sources import Source, as_source, check_fields
+from kseq.sources.base import cheap_row_reads
 
 __all__ = ["SiamesePairDataset", "TripletDataset"]
 
@@ -52,12 +52,12 @@ class _ClassTupleDataset(Dataset):
         roles: int,
         **kwargs: Any,
     ) -> None:
-        src = as_source(source)
+        super().__init__(as_source(source), **kwargs)
+        src = self.source
         self.label = _check_label_field(label, src)
         self.fields = _check_fields(fields, src, label)
         self.input_names = _check_input_names(input_names, roles)
         self.class_index = ClassIndex(src.read(np.arange(len(src)), [label])[label], singletons=singletons, name=label)
-        super().__init__(src, **kwargs)
 
     @property
     def fields_read(self) -> list[str]:
@@ -70,30 +70,33 @@ class _ClassTupleDataset(Dataset):
             return {name: (name, self.fields[0]) for name in self.input_names}
         return {f"{field}_{name}": (name, field) for name in self.input_names for field in self.fields}
 
-    def read_rows(self, indices: np.ndarray) -> dict[str, Any]:
-        """``{input_name: {field: rows}}`` for the ``(b, roles)`` row indices of one batch.
+    def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"{input_name}/{field}": rows}`` for the ``(b, roles)`` row indices of one batch.
 
-        See NOTE [ reading the rows of a batch ]. Each side also carries its labels, taken
-        from the index built at construction (the label field is not read again).
+        See NOTE [ reading the rows of a batch ]. Each side also carries its labels under
+        ``"{input_name}/{label}"``, taken from the index built at construction (the label
+        field is not read again).
         """
-        if isinstance(self.source, (ArraySource, HDF5Source)):
+        if cheap_row_reads(self.source):
             sides = [self.source.read(indices[:, j], self.fields) for j in range(indices.shape[1])]
         else:
             unique, inverse = np.unique(indices, return_inverse=True)
             inverse = inverse.reshape(indices.shape)
             data = self.source.read(unique, self.fields)
             sides = [{f: data[f][inverse[:, j]] for f in self.fields} for j in range(indices.shape[1])]
-        for j, side in enumerate(sides):
-            side[self.label] = self.class_index.labels[indices[:, j]]
-        return dict(zip(self.input_names, sides, strict=True))
+        rows: dict[str, np.ndarray] = {}
+        for j, (name, side) in enumerate(zip(self.input_names, sides, strict=True)):
+            rows |= {f"{name}/{field}": values for field, values in side.items()}
+            rows[f"{name}/{self.label}"] = self.class_index.labels[indices[:, j]]
+        return rows
 
-    def inputs_of(self, rows: dict[str, Any]) -> dict[str, np.ndarray]:
+    def inputs_of(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """x of one batch: each side's fields under :attr:`input_keys`."""
-        return {key: rows[name][field] for key, (name, field) in self.input_keys.items()}
+        return {key: rows[f"{name}/{field}"] for key, (name, field) in self.input_keys.items()}
 
-    def labels_of(self, rows: dict[str, Any], role: int) -> np.ndarray:
+    def labels_of(self, rows: dict[str, np.ndarray], role: int) -> np.ndarray:
         """The labels of side ``role`` (0: left / anchor) of one batch."""
-        return rows[self.input_names[role]][self.label]
+        return rows[f"{self.input_names[role]}/{self.label}"]
 
 
 class SiamesePairDataset(_ClassTupleDataset):
@@ -175,6 +178,7 @@ class SiamesePairDataset(_ClassTupleDataset):
         singletons: Singletons = "drop" if drop_singletons else "keep" if self.positive_fraction == 0 else "refuse"
         super().__init__(source, label=label, fields=fields, input_names=input_names, singletons=singletons,
                          roles=2, **kwargs)
+        self.sampler  # noqa: B018 - built now: sampler settings are refused here (NOTE [ construction order ])
 
     def make_sampler(self) -> PairSampler:
         return PairSampler(
@@ -183,7 +187,7 @@ class SiamesePairDataset(_ClassTupleDataset):
             balance=self.balance, reshuffle=self.plain_shuffle(), drop_remainder=self.drop_remainder,
         )
 
-    def build_batch(self, rows: dict[str, Any]) -> tuple:
+    def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         same = self.labels_of(rows, 0) == self.labels_of(rows, 1)
         y = np.where(same, self.same_label, 1 - self.same_label).astype(np.float32)
         return pack(self.inputs_of(rows), y if self.target_name is None else {self.target_name: y})
@@ -241,6 +245,7 @@ class TripletDataset(_ClassTupleDataset):
         self.balance = balance
         super().__init__(source, label=label, fields=fields, input_names=input_names,
                          singletons="drop" if drop_singletons else "refuse", roles=3, **kwargs)
+        self.sampler  # noqa: B018 - built now: sampler settings are refused here (NOTE [ construction order ])
 
     def make_sampler(self) -> TripletSampler:
         return TripletSampler(
@@ -249,7 +254,7 @@ class TripletDataset(_ClassTupleDataset):
             reshuffle=self.plain_shuffle(), drop_remainder=self.drop_remainder,
         )
 
-    def build_batch(self, rows: dict[str, Any]) -> tuple:
+    def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         x = self.inputs_of(rows)
         if self.targets is None:
             return pack(x)

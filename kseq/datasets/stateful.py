@@ -28,18 +28,18 @@ Keras 3.15 leaves the rest to the data:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-import keras
 import numpy as np
 import pandas as pd
 
-from kseq.callbacks import check_stateful_model
-from kseq.datasets.base import Dataset, _check_index
+from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.streams import StreamLayout, StreamSampler
-from kseq.sources import ArraySource, Source, as_source, check_fields, check_indices
+from kseq.sources import ArraySource, Source, as_source
+from kseq.sources.concat import ConcatSource
 from kseq.validation import CheckReport
+from kseq.validators import batch_index, integer
 
 __all__ = ["StatefulSequenceDataset"]
 
@@ -124,7 +124,7 @@ class StatefulSequenceDataset(Dataset):
         start_method: str | None = None,
     ) -> None:
         _refuse_shuffle(shuffle)
-        self.timesteps = _check_int(timesteps, "timesteps", minimum=1)
+        self.timesteps = integer(timesteps, "timesteps", minimum=1)
         _check_stride(stride, self.timesteps)
         sources, self._several = _as_sources(series)
         fields = _common_fields(sources)
@@ -139,7 +139,7 @@ class StatefulSequenceDataset(Dataset):
         self._rows = np.concatenate([[0], np.cumsum([len(s) for s in sources])[:-1]]).astype(np.int64)
         self._last_served: int | None = None
         super().__init__(
-            sources[0] if len(sources) == 1 else _Concatenated(sources),
+            sources[0] if len(sources) == 1 else ConcatSource(sources),
             batch_size=batch_size,
             shuffle=False,
             seed=seed,
@@ -148,20 +148,29 @@ class StatefulSequenceDataset(Dataset):
             max_queue_size=max_queue_size,
             start_method=start_method,
         )
+        self.sampler  # noqa: B018 - built now, so an empty layout is refused here (NOTE [ construction order ])
 
     # -- the parts of Dataset this class overrides ------------------------------
 
     def make_sampler(self) -> StreamSampler:
-        self._streams = StreamSampler(
+        return StreamSampler(
             self.lengths, batch_size=self.batch_size, timesteps=self.timesteps, split=self.split, bases=self._rows
         )
-        return self._streams
 
-    def get_batch(self, index: int, epoch: int | None = None) -> tuple:
-        """Batch ``index``: ``(x, y, sample_weight)``. Pure: any batch, in any order (unlike ``ds[index]``)."""
-        idx = self._streams.indices(self.epoch if epoch is None else int(epoch), _check_index(index, len(self)))
-        real = idx >= 0
-        x_rows = idx[real]
+    @property
+    def sampler(self) -> StreamSampler:
+        """The stream layout's sampler (typed: :meth:`starts` and :attr:`layout` read it)."""
+        return cast(StreamSampler, super().sampler)
+
+    def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The steps of one batch: ``{"inputs": (B, T, F), "targets": (B, T, Fy), "real": (B, T)}``.
+
+        ``indices`` is the sampler's ``(B, T)`` grid of step rows, ``-1`` where a stream is padded;
+        padded slots are zero and ``real`` is false there. Each target is the step ``target_offset``
+        after its input.
+        """
+        real = indices >= 0
+        x_rows = indices[real]
         y_rows = x_rows + self.target_offset
         if self.targets is None:  # one read of both: the same fields, mostly the same rows
             both = _features(self.source.read(np.concatenate([x_rows, y_rows]), self.inputs), self.inputs)
@@ -169,7 +178,11 @@ class StatefulSequenceDataset(Dataset):
         else:
             x_values = _features(self.source.read(x_rows, self.inputs), self.inputs)
             y_values = _features(self.source.read(y_rows, self.targets), self.targets)
-        return _place(x_values, real), _place(y_values, real), real.astype(np.float32)
+        return {"inputs": _place(x_values, real), "targets": _place(y_values, real), "real": real}
+
+    def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
+        """``(x, y, sample_weight)``: the sample weight is 1 on real steps and 0 on padding."""
+        return rows["inputs"], rows["targets"], rows["real"].astype(np.float32)
 
     def __getitem__(self, index: int) -> tuple:
         if index != 0 and (self._last_served is None or index != self._last_served + 1):
@@ -180,6 +193,8 @@ class StatefulSequenceDataset(Dataset):
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
         """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows."""
+        from kseq.callbacks import check_stateful_model  # kseq.callbacks imports Keras
+
         check_stateful_model(model, self.batch_size)
         return super().check(model, verbose=verbose)
 
@@ -188,14 +203,14 @@ class StatefulSequenceDataset(Dataset):
     @property
     def layout(self) -> StreamLayout:
         """Where every window sits (sequence, first step, real steps, starts), ``(len(ds), batch_size)`` each."""
-        return self._streams.layout
+        return self.sampler.layout
 
     def starts(self, index: int) -> np.ndarray:
         """A boolean per row of batch ``index``: true where a new sequence (or piece) begins.
 
         The state of those rows must be reset before the batch; at batch 0 every row starts.
         """
-        return self._streams.starts(_check_index(index, len(self)))
+        return self.sampler.starts(batch_index(index, len(self)))
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -207,6 +222,8 @@ class StatefulSequenceDataset(Dataset):
 
         ``open_time_axis=True`` gives ``None`` timesteps: one model for windows of any length.
         """
+        import keras  # here, not at the top: NOTE [ no framework in worker processes ]
+
         steps = None if open_time_axis else self.timesteps
         common = np.result_type(*[self.source.fields[n][1] for n in self.inputs])
         dtype = keras.config.floatx() if common.kind == "f" else str(common)
@@ -271,41 +288,6 @@ class StatefulSequenceDataset(Dataset):
         )
 
 
-class _Concatenated:
-    """Several sources with the same fields read as one, back to back (a Source: picklable, deterministic)."""
-
-    def __init__(self, sources: Sequence[Source]) -> None:
-        self.sources = list(sources)
-        self._bounds = np.cumsum([0] + [len(s) for s in self.sources])
-        self._fields = {
-            name: (shape, np.result_type(*[s.fields[name][1] for s in self.sources]))
-            for name, (shape, _) in self.sources[0].fields.items()
-        }
-
-    def __len__(self) -> int:
-        return int(self._bounds[-1])
-
-    @property
-    def fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        return dict(self._fields)
-
-    def read(self, indices: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        idx = check_indices(indices, len(self))
-        names = check_fields(fields, self._fields)
-        out = {n: np.empty((len(idx), *self._fields[n][0]), dtype=self._fields[n][1]) for n in names}
-        if not len(idx):
-            return out
-        owner = np.searchsorted(self._bounds, idx, side="right") - 1
-        order = np.argsort(owner, kind="stable")
-        groups = np.flatnonzero(np.diff(owner[order])) + 1
-        for positions in np.split(order, groups):  # one read per source, rows in the order asked
-            j = int(owner[positions[0]])
-            part = self.sources[j].read(idx[positions] - self._bounds[j], names)
-            for n in names:
-                out[n][positions] = part[n]
-        return out
-
-
 # -- construction checks ------------------------------------------------------------
 
 
@@ -316,13 +298,6 @@ def _refuse_shuffle(shuffle: object) -> None:
             f"Expected shuffle=False. Received shuffle={shuffle!r}. Pass fit(..., shuffle=False) too."
         )
         raise StructureError(msg)
-
-
-def _check_int(value: object, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}. Received {name}={value!r}."
-        raise StructureError(msg)
-    return int(value)
 
 
 def _check_stride(stride: object, timesteps: int) -> None:
@@ -338,7 +313,7 @@ def _check_stride(stride: object, timesteps: int) -> None:
 
 
 def _check_offset(offset: object, targets: list[str] | None, inputs: list[str]) -> int:
-    offset = _check_int(offset, "target_offset", minimum=0)
+    offset = integer(offset, "target_offset", minimum=0)
     if targets is None and offset == 0:
         msg = (
             "With targets=None the target is x itself, target_offset steps ahead. Received target_offset=0, "

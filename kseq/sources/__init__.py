@@ -10,11 +10,22 @@ import pandas as pd
 
 from kseq.errors import StructureError
 from kseq.sources.array import ArraySource
-from kseq.sources.base import Source, check_fields, check_indices
+from kseq.sources.base import Source, cheap_row_reads, check_fields, check_indices
+from kseq.sources.concat import ConcatSource
 from kseq.sources.dataframe import DataFrameSource
 from kseq.sources.hdf5 import HDF5Source
 
-__all__ = ["ArraySource", "DataFrameSource", "HDF5Source", "Source", "as_source", "check_fields", "check_indices"]
+__all__ = [
+    "ArraySource",
+    "ConcatSource",
+    "DataFrameSource",
+    "HDF5Source",
+    "Source",
+    "as_source",
+    "cheap_row_reads",
+    "check_fields",
+    "check_indices",
+]
 
 
 def as_source(data: object) -> Source:

@@ -31,6 +31,8 @@ class ArraySource:
         [3, 1]
     """
 
+    cheap_row_reads = True  # a repeated or unsorted row costs a copy (Source: optional capability)
+
     def __init__(self, fields: Mapping[str, object]) -> None:
         if not isinstance(fields, Mapping) or not fields:
             msg = (

@@ -8,8 +8,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kseq.errors import StructureError
+from kseq.validators import known_fields
 
-__all__ = ["Source", "check_fields", "check_indices"]
+__all__ = ["Source", "cheap_row_reads", "check_fields", "check_indices"]
 
 
 @runtime_checkable
@@ -24,6 +25,11 @@ class Source(Protocol):
         array of shape ``(len(indices), *trailing_shape)``.
       * A source is picklable (it holds paths, never open handles), thread-safe and
         deterministic: the same indices always give the same rows.
+
+    Optional capability: a class attribute ``cheap_row_reads = True`` says that reading a
+    row twice, or rows out of storage order, costs a copy and not a second fetch (numpy
+    arrays, memory maps, a chunk cache). Datasets then read unsorted rows with repeats
+    directly; without it they read each row once, in sorted order. See :func:`cheap_row_reads`.
 
     Example:
         >>> import numpy as np
@@ -70,12 +76,10 @@ def check_indices(indices: Sequence[int] | np.ndarray, length: int) -> np.ndarra
 
 
 def check_fields(fields: Sequence[str] | None, available: Mapping[str, object]) -> list[str]:
-    """Return the field names to read, refusing unknown ones with the list of known ones."""
-    if fields is None:
-        return list(available)
-    names = [fields] if isinstance(fields, str) else list(fields)
-    missing = [f for f in names if f not in available]
-    if missing:
-        msg = f"Unknown field(s) {missing}. Expected names from {sorted(available)}."
-        raise StructureError(msg)
-    return names
+    """The field names to read: all for ``None``, else :func:`kseq.validators.known_fields` of ``fields``."""
+    return list(available) if fields is None else known_fields(fields, available, "fields")
+
+
+def cheap_row_reads(source: object) -> bool:
+    """Whether ``source`` declares ``cheap_row_reads = True`` (see :class:`Source`); ``False`` if it says nothing."""
+    return getattr(source, "cheap_row_reads", False) is True

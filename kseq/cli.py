@@ -19,7 +19,7 @@ import pandas as pd
 
 from kseq.errors import KseqError, SourceError, StructureError
 from kseq.sources.dataframe import DataFrameSource
-from kseq.sources.hdf5 import FieldLayout, describe
+from kseq.sources.hdf5 import FieldLayout, choose_readers, field_layouts
 from kseq.sources.pack import pack
 
 __all__ = ["inspect", "main", "read_inputs"]
@@ -225,8 +225,9 @@ def _parquet_dtypes(table: Any, batch_rows: int) -> dict[str, np.dtype]:
 
 
 def inspect(path: str | Path) -> str:
-    """A table of every dataset in an HDF5 file: shape, dtype, layout, chunks, compression, size, read path."""
-    layouts = describe(path)
+    """A table of every dataset in an HDF5 file: shape, dtype, layout, chunks, compression, size, and the
+    reader a default ``HDF5Source`` would use (``memmap``, ``pread`` or ``blocks``: NOTE [ HDF5 read paths ])."""
+    layouts = field_layouts(path)
     size = Path(path).stat().st_size
     if not layouts:
         return f"{path}: {_size(size)}, 0 datasets\nnote: no datasets to read; write some with `python -m kseq pack`"
@@ -235,7 +236,8 @@ def inspect(path: str | Path) -> str:
     rows = f"{min(lengths):,} rows" if len(lengths) == 1 else many
     lines = [f"{path}: {_size(size)}, {len(layouts)} datasets, {rows}"]
     header = ("field", "shape", "dtype", "layout", "chunks", "compression", "stored", "read as")
-    table = [header, *(_row(lay) for lay in layouts)]
+    readers = choose_readers({lay.name: lay for lay in layouts if lay.shape})
+    table = [header, *(_row(lay, readers.get(lay.name, "-")) for lay in layouts)]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
     if len(lengths) > 1:
@@ -246,10 +248,10 @@ def inspect(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _row(lay: FieldLayout) -> tuple[str, ...]:
+def _row(lay: FieldLayout, reader: str) -> tuple[str, ...]:
     chunks = "-" if lay.chunks is None else str(lay.chunks)
     return (lay.name, str(lay.shape), str(lay.dtype), lay.layout, chunks, lay.compression or "-",
-            _size(lay.storage_bytes), lay.reader if lay.shape else "-")
+            _size(lay.storage_bytes), reader)
 
 
 def _size(count: int) -> str:

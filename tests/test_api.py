@@ -69,3 +69,39 @@ def test_demo_trains_to_high_accuracy():
     rows = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1][4]) > 0.85  # test accuracy on held-out digits
+
+
+class TestRenamedNames:
+    """Each old public name still works, is the new object, and warns with DeprecationWarning when read."""
+
+    def test_hdf5_describe_is_field_layouts(self):
+        import kseq.sources.hdf5 as hdf5
+
+        with pytest.warns(DeprecationWarning, match=r"hdf5\.describe is deprecated: use .*field_layouts"):
+            assert hdf5.describe is hdf5.field_layouts
+
+    def test_importing_the_old_name_warns_too(self):
+        with pytest.warns(DeprecationWarning, match="field_layouts"):
+            from kseq.sources.hdf5 import describe  # noqa: F401 - the import is the test
+
+    def test_field_layout_path_is_dataset_and_reader_is_direct(self, tmp_path):
+        import h5py
+        import numpy as np
+
+        from kseq.sources.hdf5 import field_layouts
+
+        with h5py.File(tmp_path / "f.h5", "w") as f:
+            f.create_dataset("g/x", data=np.zeros((4, 2)))
+            f.create_dataset("y", data=np.zeros(40), chunks=(8,), compression="gzip")
+        x, y = field_layouts(tmp_path / "f.h5")
+        with pytest.warns(DeprecationWarning, match=r"FieldLayout\.path is deprecated: use FieldLayout\.dataset"):
+            assert x.path == x.dataset == "g/x"
+        with pytest.warns(DeprecationWarning, match=r"FieldLayout\.reader is deprecated: use FieldLayout\.direct"):
+            assert (x.reader, y.reader) == ("direct", "blocks")
+        assert (x.direct, y.direct) == (True, False)
+
+    def test_unknown_names_are_still_attribute_errors(self):
+        import kseq.sources.hdf5 as hdf5
+
+        with pytest.raises(AttributeError, match="has no attribute 'descrbe'"):
+            hdf5.descrbe  # noqa: B018 - the read is the test

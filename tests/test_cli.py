@@ -135,8 +135,8 @@ class TestInspect:
         assert lines[1].split() == ["field", "shape", "dtype", "layout", "chunks", "compression", "stored", "read",
                                     "as"]
         assert lines[2].split() == ["images", "(120,", "8,", "8)", "float32", "contiguous", "-", "-", "30.7", "kB",
-                                    "direct"]
-        assert lines[3].split() == ["y", "(120,)", "int64", "contiguous", "-", "-", "960", "B", "direct"]
+                                    "memmap"]
+        assert lines[3].split() == ["y", "(120,)", "int64", "contiguous", "-", "-", "960", "B", "memmap"]
 
     def test_notes_datasets_of_different_lengths(self, tmp_path, capsys):
         with h5py.File(tmp_path / "m.h5", "w") as f:

@@ -16,7 +16,7 @@ import pytest
 from kseq import Dataset, MultiInputDataset, SourceError, StructureError
 from kseq.samplers.block import BlockShuffleSampler, block_permutation
 from kseq.sources import as_source
-from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_groups, describe
+from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_groups, field_layouts
 
 N = 1000
 LAYOUTS = {
@@ -71,7 +71,7 @@ class TestReadPaths:
     def test_contiguous_fields_are_memory_mapped(self, tmp_path, arrays):
         src = HDF5Source(write(tmp_path / "c.h5", arrays))
         assert src.readers == dict.fromkeys(arrays, "memmap")
-        assert {lay.reader for lay in src.layouts.values()} == {"direct"}
+        assert all(lay.direct for lay in src.layouts.values())
         assert src.block_size is None
 
     def test_fields_beyond_the_resident_budget_are_read_with_pread(self, tmp_path, arrays, rng):
@@ -90,7 +90,8 @@ class TestReadPaths:
 
     def test_compressed_fields_are_read_in_blocks(self, tmp_path, arrays):
         src = HDF5Source(write(tmp_path / "k.h5", arrays, compression="gzip"))
-        assert set(src.readers.values()) == {lay.reader for lay in src.layouts.values()} == {"blocks"}
+        assert set(src.readers.values()) == {"blocks"}
+        assert not any(lay.direct for lay in src.layouts.values())
         assert src.block_size == 50
 
     def test_partly_written_chunks_are_read_in_blocks(self, tmp_path):
@@ -137,7 +138,7 @@ class TestReadPaths:
         with h5py.File(tmp_path / "u.h5", "w") as f:
             f.create_dataset("x", shape=(10, 2), dtype="float32")
         src = HDF5Source(tmp_path / "u.h5")
-        assert src.layouts["x"].reader == "blocks"
+        assert not src.layouts["x"].direct
         assert src.read([9, 0])["x"].tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
     def test_strings_and_booleans(self, tmp_path):
@@ -156,12 +157,12 @@ class TestReadPaths:
         assert isinstance(as_source(str(path)), HDF5Source)
         assert isinstance(as_source(path), HDF5Source)
 
-    def test_describe_lists_every_dataset_with_its_layout(self, tmp_path, arrays):
+    def test_field_layouts_lists_every_dataset_with_its_layout(self, tmp_path, arrays):
         path = write(tmp_path / "d.h5", {"a": arrays["x"]})
         with h5py.File(path, "a") as f:
             f.create_dataset("g/b", data=arrays["id"], chunks=(100,), compression="gzip", compression_opts=3)
-        found = {d.name: (d.layout, d.chunks, d.compression, d.reader) for d in describe(path)}
-        assert found == {"a": ("contiguous", None, None, "direct"), "g/b": ("chunked", (100,), "gzip(3)", "blocks")}
+        found = {d.name: (d.layout, d.chunks, d.compression, d.direct) for d in field_layouts(path)}
+        assert found == {"a": ("contiguous", None, None, True), "g/b": ("chunked", (100,), "gzip(3)", False)}
 
 
 @pytest.mark.portable

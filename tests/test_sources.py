@@ -23,7 +23,7 @@ class TestArraySource:
 
     def test_unknown_field_is_refused(self):
         src = ArraySource({"x": np.zeros(3)})
-        with pytest.raises(StructureError, match=r"Unknown field\(s\) \['z'\]"):
+        with pytest.raises(StructureError, match=r"fields names field\(s\) \['z'\] that the source does not have"):
             src.read([0], ["z"])
 
     def test_fields_describe_trailing_shape_and_dtype(self):

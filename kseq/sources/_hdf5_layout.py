@@ -1,4 +1,4 @@
-"""How an HDF5 file's datasets are stored: :class:`FieldLayout`, :func:`describe`, :func:`open_hdf5`.
+"""How an HDF5 file's datasets are stored: :class:`FieldLayout`, :func:`field_layouts`, :func:`open_hdf5`.
 
 Re-exported by :mod:`kseq.sources.hdf5`, which holds NOTE [ HDF5 read paths ].
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from kseq._renames import warn_renamed
 from kseq.errors import KseqError, SourceError
 
-__all__ = ["FieldLayout", "describe", "open_hdf5"]
+__all__ = ["FieldLayout", "field_layouts", "open_hdf5"]
 
 _LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py.h5d.COMPACT: "compact"}
 _TARGET_BLOCK_BYTES = 1 << 20  # block rows for datasets without chunks (compact, external, unallocated)
@@ -25,14 +26,17 @@ _TARGET_BLOCK_BYTES = 1 << 20  # block rows for datasets without chunks (compact
 
 @dataclass(frozen=True, eq=False)
 class FieldLayout:
-    """How one HDF5 dataset is stored, and how kseq reads it.
+    """How one HDF5 dataset is stored, and how kseq can read it.
 
-    ``offset`` is the byte offset of a contiguous dataset's rows; ``chunk_offsets[k]`` that of
-    chunk ``k`` of an unfiltered dataset chunked along rows only. Either makes it ``direct``.
+    ``name`` is the field's name, ``dataset`` the dataset's path inside the file (the file's own
+    path is :attr:`HDF5Source.path`). ``offset`` is the byte offset of a contiguous dataset's rows;
+    ``chunk_offsets[k]`` that of chunk ``k`` of an unfiltered dataset chunked along rows only.
+    Either makes it :attr:`direct`: read at byte offsets (``"memmap"`` or ``"pread"``), else in
+    ``"blocks"``; NOTE [ HDF5 read paths ] in :mod:`kseq.sources.hdf5`.
     """
 
     name: str
-    path: str
+    dataset: str
     shape: tuple[int, ...]
     dtype: np.dtype
     layout: str
@@ -43,12 +47,25 @@ class FieldLayout:
     chunk_offsets: np.ndarray | None = None
 
     @property
+    def direct(self) -> bool:
+        """Rows can be read at their byte offsets (``"memmap"`` or ``"pread"``); else only in ``"blocks"``."""
+        return self.offset is not None or self.chunk_offsets is not None
+
+    @property
+    def path(self) -> str:
+        """Deprecated: the dataset's path inside the file is :attr:`dataset` (``path`` is a file's, elsewhere)."""
+        warn_renamed("FieldLayout.path", "FieldLayout.dataset")
+        return self.dataset
+
+    @property
     def reader(self) -> str:
-        """``"direct"`` (rows read at their byte offsets) or ``"blocks"``: see NOTE [ HDF5 read paths ]."""
-        return "direct" if self.offset is not None or self.chunk_offsets is not None else "blocks"
+        """Deprecated: ``"direct"`` or ``"blocks"``. Use :attr:`direct`, or ``HDF5Source.readers`` for the
+        read path of each field (``"memmap"``, ``"pread"`` or ``"blocks"``)."""
+        warn_renamed("FieldLayout.reader", "FieldLayout.direct (or HDF5Source.readers)")
+        return "direct" if self.direct else "blocks"
 
     def row_offsets(self, idx: np.ndarray) -> np.ndarray:
-        """The byte offset in the file of each row in ``idx`` (``direct`` layouts only)."""
+        """The byte offset in the file of each row in ``idx`` (:attr:`direct` layouts only)."""
         if self.offset is not None:
             return self.offset + idx * self.row_bytes
         rows = self.chunks[0]  # type: ignore[index]
@@ -118,7 +135,7 @@ def _open_failure(path: Path, what: str, error: Exception) -> str:
     return f"'{path}' is corrupt or unreadable (asked for {what}): {error}. Copy or write it again."
 
 
-def describe(path: str | os.PathLike) -> list[FieldLayout]:
+def field_layouts(path: str | os.PathLike) -> list[FieldLayout]:
     """Every dataset in the file, in file order, with its layout (for ``python -m kseq inspect``).
 
     Example:
@@ -126,8 +143,8 @@ def describe(path: str | os.PathLike) -> list[FieldLayout]:
         >>> path = tempfile.mkdtemp() + "/d.h5"
         >>> with h5py.File(path, "w") as f:
         ...     _ = f.create_dataset("train/x", data=np.zeros((4, 3), "float32"))
-        >>> [(d.name, d.shape, d.layout, d.reader) for d in describe(path)]
-        [('train/x', (4, 3), 'contiguous', 'direct')]
+        >>> [(d.name, d.dataset, d.shape, d.layout, d.direct) for d in field_layouts(path)]
+        [('train/x', 'train/x', (4, 3), 'contiguous', True)]
     """
     with open_hdf5(path) as f:
         return [_layout(path, name, name, f[name]) for name in _dataset_names(f)]
@@ -143,7 +160,7 @@ def _dataset_names(group: h5py.Group, prefix: str = "") -> list[str]:
     return names
 
 
-def _layout(file: str | os.PathLike, name: str, path: str, dset: h5py.Dataset) -> FieldLayout:
+def _layout(file: str | os.PathLike, name: str, dataset: str, dset: h5py.Dataset) -> FieldLayout:
     try:
         plist = dset.id.get_create_plist()
         layout = "external" if plist.get_external_count() else _LAYOUTS.get(plist.get_layout(), "virtual")
@@ -160,10 +177,10 @@ def _layout(file: str | os.PathLike, name: str, path: str, dset: h5py.Dataset) -
         direct = layout == "chunked" and plain and not filters and dset.chunks[1:] == dset.shape[1:]
         chunk_offsets = _chunk_offsets(dset) if direct else None
     except (OSError, RuntimeError, ValueError, KeyError) as e:
-        msg = f"Cannot read the layout of field {name!r} (dataset '/{path}') in '{file}': {e}. Write the file again."
+        msg = f"Cannot read the layout of field {name!r} (dataset '/{dataset}') in '{file}': {e}. Write the file again."
         raise SourceError(msg) from e
     return FieldLayout(
-        name, path, dset.shape, dset.dtype, layout, dset.chunks, compression, offset, storage, chunk_offsets
+        name, dataset, dset.shape, dset.dtype, layout, dset.chunks, compression, offset, storage, chunk_offsets
     )
 
 

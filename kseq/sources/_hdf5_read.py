@@ -115,7 +115,7 @@ class _ProcessState:
             got = _preadv_all(self._fd, views[first:stop], int(offsets[first]))
             if got != want:
                 msg = (
-                    f"Field {layout.name!r} (dataset '/{layout.path}') of '{self.path}': read {got} of "
+                    f"Field {layout.name!r} (dataset '/{layout.dataset}') of '{self.path}': read {got} of "
                     f"{want} bytes at byte {int(offsets[first])}. The file is truncated; write it again."
                 )
                 raise SourceError(msg)
@@ -129,7 +129,7 @@ class _ProcessState:
             dset.read(h5py.h5s.create_simple(out.shape), file_space, out)
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
             msg = (
-                f"Cannot read field {layout.name!r} (dataset '/{layout.path}', rows {start} to "
+                f"Cannot read field {layout.name!r} (dataset '/{layout.dataset}', rows {start} to "
                 f"{start + len(out) - 1}) of '{self.path}': {e}. The file may be corrupt; write it again."
             )
             raise SourceError(msg) from e
@@ -146,7 +146,7 @@ class _ProcessState:
                     handle.close()
                     raise
                 self._file = handle
-            dset = self._file[layout.path].id
+            dset = self._file[layout.dataset].id
             found = self._datasets[layout.name] = (dset, dset.get_space())
         return found
 

@@ -1,7 +1,9 @@
 """HDF5Source: rows of HDF5 datasets, read through a memory map or in whole chunks.
 
 # NOTE [ HDF5 read paths ]
-The read path is chosen per dataset, once, at construction (``src.readers``):
+The read path (the reader) is chosen per dataset, once, at construction (``src.readers``), from one
+vocabulary, :data:`READERS`. ``FieldLayout.direct`` says whether a dataset's rows can be read at
+their byte offsets (``memmap`` or ``pread``); a dataset that is not direct is read in ``blocks``.
 
 * ``memmap``: contiguous, uncompressed, allocated, plain dtype. HDF5 reports where the raw data
   starts (``dataset.id.get_offset()``), so rows are numpy fancy indexing over a read-only memory
@@ -12,8 +14,8 @@ The read path is chosen per dataset, once, at construction (``src.readers``):
 * ``pread``: the same datasets beyond ``resident_mb``. Mapped file pages count towards a
   process's resident memory (RSS), and recent kernels map whole page-cache folios (a random 4 KiB
   row can map a megabyte), so a map over a file larger than memory grows RSS to the file's size.
-  Releasing mapped pages (``madvise``) and mapping them again costs more than reading: measured
-  here, 300-500 batches/s against 900-1,350 for ``os.preadv`` and 2,900-3,300 for the map. So
+  Releasing mapped pages (``madvise``) and mapping them again was measured slower than reading
+  with ``os.preadv``, which is itself slower than the map (numbers in benchmarks/README.md). So
   fields that do not fit the budget (smallest are mapped first) are read with one ``preadv``
   per run of consecutive rows, each row straight into its place in the batch: RSS stays flat.
 * ``blocks``: compressed or otherwise filtered (or chunked across a row, or partly written).
@@ -45,20 +47,30 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
 
+from kseq._renames import renamed
 from kseq.errors import SourceError, StructureError
-from kseq.sources._hdf5_layout import FieldLayout, _dataset_names, _layout, describe, open_hdf5
+from kseq.sources._hdf5_layout import FieldLayout, _dataset_names, _layout, field_layouts, open_hdf5
 from kseq.sources._hdf5_read import _preadv_all as _preadv_all  # tests import it from here
 from kseq.sources._hdf5_read import _ProcessState, _stamp
 from kseq.sources._hdf5_read import _read_groups as _read_groups  # tests import it from here
 from kseq.sources.base import check_fields, check_indices
+from kseq.validators import positive_number
 
-__all__ = ["FieldLayout", "HDF5Source", "describe", "open_hdf5"]
+__all__ = ["READERS", "FieldLayout", "HDF5Source", "Reader", "choose_readers", "field_layouts", "open_hdf5"]
+
+Reader = Literal["memmap", "pread", "blocks"]
+READERS: tuple[Reader, ...] = ("memmap", "pread", "blocks")  # NOTE [ HDF5 read paths ]
+RESIDENT_MB = 1024  # HDF5Source's default resident_mb
 
 _MB = 1 << 20
+
+# describe() was renamed field_layouts(): kseq.batching has a describe() that returns a string.
+__getattr__ = renamed(__name__, {"describe": "field_layouts"}, globals())
 
 
 class HDF5Source:
@@ -97,17 +109,19 @@ class HDF5Source:
         ([5, 0, 5], {'x': 'memmap', 'y': 'blocks'})
     """
 
+    cheap_row_reads = True  # a repeated or unsorted row costs a copy (Source: optional capability)
+
     def __init__(
         self,
         path: str | os.PathLike,
         fields: str | Sequence[str] | Mapping[str, str] | None = None,
         *,
         cache_mb: float = 128,
-        resident_mb: float = 1024,
+        resident_mb: float = RESIDENT_MB,
     ) -> None:
         self.path = Path(path)
-        self.cache_bytes = _positive_bytes(cache_mb, "cache_mb")
-        self.resident_bytes = _positive_bytes(resident_mb, "resident_mb")
+        self.cache_bytes = _mib(cache_mb, "cache_mb")
+        self.resident_bytes = _mib(resident_mb, "resident_mb")
         requested = _field_map(fields)
         with open_hdf5(self.path, None if requested is None else list(requested)) as f:
             names = {n: n for n in _dataset_names(f)} if requested is None else requested
@@ -120,7 +134,7 @@ class HDF5Source:
             raise SourceError(msg)
         self._layouts = layouts
         self._length = _common_length(self.path, layouts)
-        self._readers = _choose_readers(layouts, self.resident_bytes)
+        self._readers = choose_readers(layouts, self.resident_bytes)
         self._stamp = _stamp(stat)
         self._lock = threading.Lock()
         self._lock_pid = os.getpid()
@@ -147,17 +161,17 @@ class HDF5Source:
     @property
     def block_size(self) -> int | None:
         """Rows per block that is whole chunks of every chunk-read field (their lcm); ``None`` if none is."""
-        rows = [lay.block_rows for lay in self._layouts.values() if lay.reader == "blocks"]
+        rows = [lay.block_rows for lay in self._layouts.values() if not lay.direct]
         return min(math.lcm(*rows), self._length) if rows else None
 
     @property
     def block_nbytes(self) -> int:
         """Bytes one block of :attr:`block_size` rows takes in the chunk cache (all chunk-read fields)."""
         size = self.block_size or 0
-        return sum(size * lay.row_bytes for lay in self._layouts.values() if lay.reader == "blocks")
+        return sum(size * lay.row_bytes for lay in self._layouts.values() if not lay.direct)
 
     @property
-    def readers(self) -> dict[str, str]:
+    def readers(self) -> dict[str, Reader]:
         """How each field is read: ``"memmap"``, ``"pread"`` or ``"blocks"`` (NOTE [ HDF5 read paths ])."""
         return dict(self._readers)
 
@@ -185,7 +199,7 @@ class HDF5Source:
         return {
             name: (lay, max(1, min(math.ceil(per_block * size / lay.block_rows), -(-self._length // lay.block_rows))))
             for name, lay in self._layouts.items()
-            if lay.reader == "blocks"
+            if not lay.direct
         }
 
     def close(self) -> None:
@@ -280,7 +294,7 @@ def _common_length(file: Path, layouts: Mapping[str, FieldLayout]) -> int:
 
 def _check_extent(file: Path, f: h5py.File, layout: FieldLayout, size: int) -> None:
     """A field read directly must lie inside the file and agree with h5py on its first row."""
-    if layout.reader != "direct" or layout.shape[0] == 0:
+    if not layout.direct or layout.shape[0] == 0:
         return
     last = layout.row_offsets(np.array([layout.shape[0] - 1]))[0]
     if layout.chunk_offsets is not None:
@@ -288,21 +302,22 @@ def _check_extent(file: Path, f: h5py.File, layout: FieldLayout, size: int) -> N
     end = int(last) + layout.row_bytes
     if end > size:
         msg = (
-            f"'{file}' is truncated: field {layout.name!r} ('/{layout.path}') ends at byte {end}, "
+            f"'{file}' is truncated: field {layout.name!r} ('/{layout.dataset}') ends at byte {end}, "
             f"the file has {size}. Copy or write it again."
         )
         raise SourceError(msg)
     start = int(layout.row_offsets(np.array([0]))[0])
     expected = np.fromfile(file, dtype=layout.dtype, count=math.prod(layout.shape[1:]), offset=start)
-    first = f[layout.path][0]
+    first = f[layout.dataset][0]
     if not np.array_equal(expected.reshape(layout.shape[1:]), first, equal_nan=layout.dtype.kind in "fc"):
         msg = f"Field {layout.name!r} of '{file}': the memory map disagrees with h5py at row 0. Write the file again."
         raise SourceError(msg)
 
 
-def _choose_readers(layouts: Mapping[str, FieldLayout], budget: int) -> dict[str, str]:
-    """Memory-map direct fields, smallest first, while their bytes fit in ``budget``; pread the rest."""
-    readers = {name: "blocks" for name, lay in layouts.items() if lay.reader == "blocks"}
+def choose_readers(layouts: Mapping[str, FieldLayout], budget: int = RESIDENT_MB * _MB) -> dict[str, Reader]:
+    """Each field's reader: ``blocks`` unless direct; direct fields memory-mapped, smallest first, while
+    their bytes fit in ``budget`` (bytes), the rest ``pread`` (NOTE [ HDF5 read paths ])."""
+    readers: dict[str, Reader] = {name: "blocks" for name, lay in layouts.items() if not lay.direct}
     mapped = 0
     for name, lay in sorted(layouts.items(), key=lambda item: item[1].shape[0] * item[1].row_bytes):
         if name in readers:
@@ -312,8 +327,5 @@ def _choose_readers(layouts: Mapping[str, FieldLayout], budget: int) -> dict[str
     return {name: readers[name] for name in layouts}
 
 
-def _positive_bytes(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        msg = f"{name} must be a positive number of MiB. Received {name}={value!r}."
-        raise StructureError(msg)
-    return int(value * _MB)
+def _mib(value: object, argument: str) -> int:
+    return int(positive_number(value, argument, fix=f"{argument} is a size in MiB.") * _MB)

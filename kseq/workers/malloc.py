@@ -4,10 +4,10 @@
 A batch is built from fresh arrays of hundreds of KB. Once TensorFlow has run in a
 process, glibc maps and unmaps every such temporary (its dynamic mmap threshold no
 longer grows), and each batch pays page faults for memory it just gave back.
-Measured here (2 cores, TF 2.21): workers forked after a ``fit`` spent 6x the CPU
-time per batch, 70% of it in the kernel; in the main process, ``fit`` fed by a
-MultiInputDataset ran at 0.86-0.94x of numpy arrays passed to ``fit`` by default and
-0.97-1.04x with these thresholds (benchmarks/bench_assembly.py). kseq's worker
+Measured: workers forked after a ``fit`` spent several times the CPU time per batch,
+most of it in the kernel, and ``fit`` fed by a MultiInputDataset fell short of numpy
+arrays passed to ``fit`` by default and matched them with these thresholds (numbers in
+benchmarks/README.md, "Numbers from docstrings", and bench_assembly.py). kseq's worker
 processes call this at start; the user's own process is changed only if the user
 calls it (or sets ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
 """

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the Keras layer, for type checkers; at run time see __getat
     from kseq.datasets import (
         CaptionDataset,
         Dataset,
+        ModelView,
         MultiInputDataset,
         SiamesePairDataset,
         StatefulSequenceDataset,
@@ -49,6 +50,7 @@ _LAZY: dict[str, str] = {
     "Dataset": "kseq.datasets",
     "GeneratorDataset": "kseq.legacy",
     "ModelStructure": "kseq.structure",
+    "ModelView": "kseq.datasets",
     "MultiInputDataset": "kseq.datasets",
     "ResetStates": "kseq.callbacks",
     "SiamesePairDataset": "kseq.datasets",
@@ -69,6 +71,7 @@ __all__ = [
     "HDF5Source",
     "KseqError",
     "ModelStructure",
+    "ModelView",
     "MultiInputDataset",
     "PKSampler",
     "ResetStates",

@@ -11,20 +11,31 @@ model was built from dicts. A model built from lists (or a single tensor)
   * rejects a y dict outright (``Expected float32, but got decoder_output of type
     'str'``), where Keras 2 matched targets by output layer name.
 
-So :func:`kseq.check` reads the model's structure once (:meth:`ModelStructure.of`)
-and the dataset then emits every batch in that structure: a tuple in the model's
-input/output order, one array for a single-tensor model, or the dict unchanged.
+A dataset stays named: ``ds[i]`` is the same dict whatever model it meets, so one
+dataset can serve several models. :func:`kseq.check` only reads and compares (it
+says, in its report, what a list-built or single-tensor model needs). Putting
+batches into a model's structure (:meth:`ModelStructure.adapt`: a tuple in the
+model's input/output order, one array for a single-tensor model, or the dict in
+the model's key order) is a separate, visible step that returns a new object:
+``ds.for_model(model)``, a :class:`kseq.ModelView`. A view's tuples are right for
+one routing only, so a view remembers the structure it was made for, and
+everywhere kseq sees a model next to a view (``kseq.check``, ``fit_generator`` &
+co., ``view.for_model``) a model with other input or output names, order or
+nesting is refused (:func:`check_same_routing`). ``model.fit(view)`` itself never
+tells the dataset which model it trains: that one call is unguarded, which is why
+the view is made from the model right before it. Legacy adapters (``kseq.legacy``)
+take ``model=`` at construction and adapt to it in the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kseq.errors import StructureError
 
-__all__ = ["ModelStructure", "TensorSpec"]
+__all__ = ["ModelStructure", "TensorSpec", "check_same_routing"]
 
 Kind = Literal["dict", "list", "single"]
 
@@ -40,12 +51,13 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelStructure:
-    """The nesting and names of a model's inputs and outputs."""
+    """The nesting and names of a model's inputs and outputs (``model_name`` is for messages only)."""
 
     input_kind: Kind
     inputs: tuple[TensorSpec, ...]
     output_kind: Kind
     outputs: tuple[TensorSpec, ...]
+    model_name: str = field(default="", compare=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -81,6 +93,19 @@ class ModelStructure:
             inputs=tuple(_spec(n, t) for n, t in zip(in_names, tensors_in, strict=True)),
             output_kind=_kind(struct_out, len(tensors_out)),
             outputs=tuple(_spec(n, t) for n, t in zip(out_names, tensors_out, strict=True)),
+            model_name=str(getattr(model, "name", "")),
+        )
+
+    @property
+    def routing(self) -> tuple[Kind, tuple[str, ...], Kind, tuple[str, ...]]:
+        """What decides where :meth:`adapt` puts each array: the nesting and order of names, in and out."""
+        return (self.input_kind, tuple(self.input_names), self.output_kind, tuple(self.output_names))
+
+    def describe(self) -> str:
+        """``model 'm' (inputs ['a', 'b'] as a list, outputs ['y'] as a single tensor)``, for messages."""
+        return (
+            f"model {self.model_name!r} (inputs {self.input_names} as {_KIND_WORDS[self.input_kind]}, "
+            f"outputs {self.output_names} as {_KIND_WORDS[self.output_kind]})"
         )
 
     def adapt(self, batch: tuple) -> tuple:
@@ -89,6 +114,25 @@ class ModelStructure:
         out = [_arrange(x, self.input_kind, self.input_names)]
         out += [_arrange(part, self.output_kind, self.output_names) for part in rest]
         return tuple(out)
+
+
+_KIND_WORDS: dict[str, str] = {"dict": "a dict", "list": "a list", "single": "a single tensor"}
+
+
+def check_same_routing(made_for: ModelStructure, received: ModelStructure, *, owner: str, fix: str) -> None:
+    """Refuse a model whose batches would be arranged differently from ``made_for``'s.
+
+    ``owner`` names what was adapted (``"this ModelView"``) and ``fix`` says what to do
+    instead. Shapes and dtypes are not compared here: :func:`kseq.check` does that.
+    See NOTE [ named batches and model structure ].
+    """
+    if made_for.routing == received.routing:
+        return
+    msg = (
+        f"{owner} was made for {made_for.describe()}; received {received.describe()}. Its batches are arranged "
+        f"for the first model, so the second would get arrays in the wrong places (or fail on shapes). {fix}"
+    )
+    raise StructureError(msg)
 
 
 def _kind(struct: object, count: int) -> Kind:

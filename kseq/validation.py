@@ -1,11 +1,14 @@
 """``kseq.check(model, dataset)``: compare one batch with a model, before training.
 
-It builds nothing and trains nothing. It reads batch 0, compares names, ranks,
-trailing shapes and dtypes with the model's inputs (and names with its outputs),
-raises :class:`~kseq.errors.StructureError` on the first kind of mismatch with every
-instance of it listed, and otherwise records the model's structure on the dataset
-so later batches come out in the form that model's ``fit`` accepts; see
-NOTE [ named batches and model structure ] in :mod:`kseq.structure`.
+It reads batch 0 and changes nothing: not the dataset, not the model. It compares
+names, ranks, trailing shapes and dtypes with the model's inputs (and names with
+its outputs), raises :class:`~kseq.errors.StructureError` on the first kind of
+mismatch with every instance of it listed, and otherwise returns a
+:class:`CheckReport`, which says what a list-built or single-tensor model needs
+(``ds.for_model(model)``). A dataset already adapted to a model (a
+:class:`~kseq.ModelView`, a legacy adapter built with ``model=``) refuses a model
+whose inputs or outputs are named, ordered or nested differently. See NOTE [ named
+batches and model structure ] in :mod:`kseq.structure`.
 """
 
 from __future__ import annotations
@@ -22,41 +25,60 @@ from kseq.structure import ModelStructure, TensorSpec
 
 __all__ = ["CheckReport", "check", "check_batch"]
 
+FOR_MODEL = "Train on ds.for_model(model), which does this."
+
 
 @dataclass
 class CheckReport:
-    """What :func:`check` found: the model's structure and how batches are adapted to it."""
+    """What :func:`check` found: the model's structure, and what its ``fit`` needs done to named batches.
+
+    ``adaptations`` is empty when the named batches fit the model as they are (a
+    dict-built model); otherwise it lists what ``ds.for_model(model)`` does, and
+    ``remedy`` says how to get it done.
+    """
 
     structure: ModelStructure
     adaptations: list[str] = field(default_factory=list)
+    remedy: str = FOR_MODEL
+
+    @property
+    def needs_adapting(self) -> bool:
+        """True when ``model.fit`` cannot take the named batches as they are."""
+        return bool(self.adaptations)
 
     def __str__(self) -> str:
         if not self.adaptations:
             return "kseq.check: batches match the model as they are."
-        return "kseq.check: " + "; ".join(self.adaptations) + "."
+        return "kseq.check: " + "; ".join(self.adaptations) + ". " + self.remedy
 
 
 def check(model: Any, dataset: Any, *, verbose: bool = True) -> CheckReport:
-    """Check that ``dataset``'s batches fit ``model``, and adapt them to its structure.
+    """Check that ``dataset``'s batches fit ``model``; read-only.
 
     Args:
         model: a built Keras model (Functional or Sequential).
-        dataset: a kseq dataset (anything with ``get_batch(index)`` and
-            ``set_structure(structure)``), or a plain PyDataset (checked only).
-        verbose: print what was adapted.
+        dataset: a kseq dataset or view (anything with ``get_batch(index)``, which
+            gives the named batch), or a plain PyDataset (``dataset[0]`` is read).
+            One adapted to a model (``model_structure`` set) must have
+            ``require_model(structure)``, which refuses another routing.
+        verbose: print the report when the model needs the batches adapted.
 
     Returns:
-        A :class:`CheckReport`.
+        A :class:`CheckReport`; the dataset is left as it was (``dataset[0]`` is
+        the same before and after).
 
     Raises:
         StructureError: a model input or output has no field, the batch has keys the
-            model does not take, or a rank, trailing shape or dtype is incompatible.
+            model does not take, or a rank, trailing shape or dtype is incompatible;
+            or ``dataset`` was adapted to a model with another structure.
     """
-    raw = dataset.get_batch(0) if hasattr(dataset, "get_batch") else dataset[0]
     structure = ModelStructure.of(model)
+    if callable(getattr(dataset, "require_model", None)):
+        dataset.require_model(structure)  # a view or legacy adapter: NOTE [ named batches and model structure ]
+    raw = dataset.get_batch(0) if hasattr(dataset, "get_batch") else dataset[0]
     report = check_batch(structure, raw)
-    if hasattr(dataset, "set_structure"):
-        dataset.set_structure(structure)
+    if getattr(dataset, "model_structure", None) is not None:
+        report.remedy = f"This {type(dataset).__name__} does this."
     if verbose and report.adaptations:
         print(report)  # noqa: T201 - the user asked to be told
     return report
@@ -79,7 +101,7 @@ def check_batch(structure: ModelStructure, batch: Any) -> CheckReport:
     for role, part, kind in (("x", x, structure.input_kind), ("y", y, structure.output_kind)):
         if isinstance(part, Mapping) and kind != "dict":
             form = "a tuple in the model's order" if kind == "list" else "a single array"
-            report.adaptations.append(f"{role} dict {sorted(part)} is passed as {form} (model built from {kind})")
+            report.adaptations.append(f"{role} dict {sorted(part)} must be passed as {form} (model built from {kind})")
     return report
 
 

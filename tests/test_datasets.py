@@ -168,8 +168,7 @@ class TestFit:
     def test_predict_routes_each_field_to_its_input(self, two_inputs, structure):
         model = concat_model(structure)
         ds = MultiInputDataset(two_inputs, inputs=["b", "a"], batch_size=32, shuffle=False)
-        ds.check(model, verbose=False)
-        out = model.predict(ds, verbose=0)
+        out = model.predict(ds.for_model(model), verbose=0)
         np.testing.assert_allclose(out, np.concatenate([two_inputs["a"], two_inputs["b"]], axis=1))
 
     @pytest.mark.portable
@@ -180,9 +179,9 @@ class TestFit:
         model = keras.Model([a, b], out)  # built from lists, single output
         model.compile(keras.optimizers.Adam(0.05), "mse")
         ds = MultiInputDataset(two_inputs, inputs=["a", "b"], targets={"decoder_output": "y"}, batch_size=16, seed=0)
-        report = ds.check(model, verbose=False)
-        assert "y dict ['decoder_output'] is passed as a single array" in str(report)
-        hist = model.fit(ds, epochs=30, verbose=0)
+        view = ds.for_model(model)
+        assert "y dict ['decoder_output'] must be passed as a single array" in str(view.report)
+        hist = model.fit(view, epochs=30, verbose=0)
         assert hist.history["loss"][-1] < 0.01 * hist.history["loss"][0]
 
     def test_multi_output_list_model_gets_targets_by_output_name(self, two_inputs):
@@ -193,12 +192,12 @@ class TestFit:
         ds = MultiInputDataset(
             two_inputs, inputs="a", targets={"cls": "label", "reg": "y"}, class_weight={"cls": {0: 1, 1: 3}}, seed=0
         )
-        ds.check(model, verbose=False)
-        _x, y, w = ds[0]
+        view = ds.for_model(model)
+        _x, y, w = view[0]
         assert y[0].dtype == np.float32
         assert y[1].dtype == np.int64
         assert len(w) == 2
-        hist = model.fit(ds, epochs=2, verbose=0)
+        hist = model.fit(view, epochs=2, verbose=0)
         assert np.isfinite(hist.history["loss"]).all()
 
     def test_epochs_during_fit_see_different_orders(self, two_inputs):

@@ -300,7 +300,17 @@ class TestGeneratorDataset:
         ds = GeneratorDataset(lambda: iter([([a, b], y)] * 3), 3)
         report = ds.check(two_input_model(), verbose=False)
         assert report.structure.input_names == ["a", "b"]
-        assert sorted(ds.get_batch(0)[0]) == ["a", "b"]
+        assert isinstance(ds.get_batch(0)[0], list)  # check only reads: the yield is not adapted
+        assert "Pass model= to GeneratorDataset(...)" in str(report)
+
+    def test_check_refuses_a_model_in_another_order(self):
+        """Built for model (a, b), the batches are tuples in that order: a model taking (b, a) is refused."""
+        a, b, y = arrays(0)
+        ds = GeneratorDataset(lambda: iter([([a, b], y)] * 3), 3, model=two_input_model())
+        ia, ib = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+        swapped = keras.Model([ib, ia], keras.layers.Dense(1, name="score")(keras.layers.Concatenate()([ib, ia])))
+        with pytest.raises(StructureError, match=r"this GeneratorDataset was made for model .*inputs \['a', 'b'\]"):
+            ds.check(swapped)
 
     def test_multiprocessing_is_refused(self):
         with pytest.raises(StructureError, match="cannot be shared with worker processes"):

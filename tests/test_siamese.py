@@ -484,7 +484,7 @@ class TestFit:
         assert model.evaluate(held_out, verbose=0, return_dict=True)["binary_accuracy"] > 0.9
 
     def test_list_built_model_after_check_and_new_pairs_every_epoch(self):
-        """After check() a list-built model trains on the named pairs; each training epoch pairs rows anew."""
+        """Through ds.for_model() a list-built model trains on the named pairs; each training epoch pairs rows anew."""
         seen = {}
 
         class Recording(SiamesePairDataset):
@@ -494,9 +494,9 @@ class TestFit:
 
         ds = Recording(clusters(n=64), batch_size=16, seed=0)
         model = siamese_model(structure="list")
-        report = ds.check(model, verbose=False)
-        assert "x dict ['left', 'right'] is passed as a tuple" in str(report)
-        hist = model.fit(ds, epochs=3, verbose=0)
+        view = ds.for_model(model)
+        assert "x dict ['left', 'right'] must be passed as a tuple" in str(view.report)
+        hist = model.fit(view, epochs=3, verbose=0)
         assert np.isfinite(hist.history["loss"]).all()
         trained = [np.concatenate(v) for v in seen.values() if len(v) == len(ds)]
         assert len(trained) >= 3

@@ -94,34 +94,53 @@ class TestCheckTensors:
         )
 
 
-class TestAdaptation:
-    def test_dict_model_keeps_dicts(self, two_inputs):
-        ds = dataset(two_inputs)
-        report = ds.check(concat_model("dict"), verbose=False)
+def same_batch(before, after):
+    """Every part of two named batches is the same type, with the same keys and equal arrays."""
+    assert len(before) == len(after)
+    for b, a in zip(before, after, strict=True):
+        assert type(a) is type(b)
+        if isinstance(b, dict):
+            assert list(a) == list(b)
+            for key in b:
+                np.testing.assert_array_equal(a[key], b[key])
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+def two_input_regressor(order=("a", "b"), name="regressor"):
+    """A list-built model taking `order`; its output learns y from both inputs."""
+    inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((5,), name="b")}
+    h = keras.layers.Concatenate()([inputs[n] for n in order])
+    out = keras.layers.Dense(1, name="y")(h)
+    return keras.Model([inputs[n] for n in order], out, name=name)
+
+
+class TestCheckIsReadOnly:
+    @pytest.mark.parametrize("structure", ["list", "dict"])
+    def test_batch_zero_is_the_same_after_check(self, two_inputs, structure):
+        """kseq.check reads and compares only: ds[0] is the same named dict before and after."""
+        ds = dataset(two_inputs, targets={"both": "y"})
+        before = ds[0]
+        kseq.check(concat_model(structure), ds, verbose=False)
+        ds.check(concat_model(structure), verbose=False)
+        after = ds[0]
+        assert isinstance(after[0], dict)
+        assert isinstance(after[1], dict)
+        same_batch(before, after)
+
+    def test_dict_model_needs_nothing(self, two_inputs):
+        report = dataset(two_inputs).check(concat_model("dict"), verbose=False)
         assert report.adaptations == []
-        assert isinstance(ds[0][0], dict)
+        assert not report.needs_adapting
 
-    def test_list_model_gets_a_tuple_in_model_order(self, two_inputs):
-        ds = dataset(two_inputs, inputs=["b", "a"])
-        ds.check(concat_model("list"), verbose=False)
-        x = ds[0][0]
-        assert isinstance(x, tuple)
-        assert [v.shape[1] for v in x] == [3, 5]
-
-    def test_check_prints_what_it_adapted(self, two_inputs, capsys):
+    def test_report_says_a_list_model_needs_a_view(self, two_inputs, capsys):
         ds = dataset(two_inputs)
-        ds.check(concat_model("list"))
+        report = ds.check(concat_model("list"))
+        assert report.needs_adapting
         assert capsys.readouterr().out.strip() == (
-            "kseq.check: x dict ['a', 'b'] is passed as a tuple in the model's order (model built from list)."
+            "kseq.check: x dict ['a', 'b'] must be passed as a tuple in the model's order (model built from list). "
+            "Train on ds.for_model(model), which does this."
         )
-
-    def test_sequential_model(self, two_inputs):
-        model = keras.Sequential([keras.Input((3,), name="a"), keras.layers.Dense(1, name="out")])
-        ds = dataset(two_inputs, inputs="a", targets={"out": "y"})
-        ds.check(model, verbose=False)
-        x, y = ds[0]
-        assert x.shape == (8, 3)
-        assert y.shape == (8,)
 
     def test_unbuilt_model_is_refused(self, two_inputs):
         model = keras.Sequential([keras.layers.Dense(1)])
@@ -130,6 +149,113 @@ class TestAdaptation:
 
     def test_named_batches_stay_named_without_check(self, two_inputs):
         assert isinstance(dataset(two_inputs)[0][0], dict)
+
+
+class TestModelView:
+    def test_list_model_gets_a_tuple_in_model_order(self, two_inputs):
+        ds = dataset(two_inputs, inputs=["b", "a"])
+        view = ds.for_model(concat_model("list"))
+        x = view[0][0]
+        assert isinstance(x, tuple)
+        assert [v.shape[1] for v in x] == [3, 5]
+        assert isinstance(ds[0][0], dict)
+
+    def test_dict_model_keeps_dicts(self, two_inputs):
+        view = dataset(two_inputs).for_model(concat_model("dict"))
+        assert isinstance(view[0][0], dict)
+        assert view.report.adaptations == []
+
+    def test_sequential_model_gets_single_arrays(self, two_inputs):
+        model = keras.Sequential([keras.Input((3,), name="a"), keras.layers.Dense(1, name="out")])
+        x, y = dataset(two_inputs, inputs="a", targets={"out": "y"}).for_model(model)[0]
+        assert x.shape == (8, 3)
+        assert y.shape == (8,)
+
+    def test_a_mismatch_raises_when_the_view_is_made(self, two_inputs):
+        with pytest.raises(StructureError, match=r"Model input\(s\) \['b'\] have no field"):
+            dataset(two_inputs, inputs="a").for_model(concat_model())
+
+    def test_trains_a_list_built_two_input_model(self, two_inputs):
+        """model.fit on the view: a tuple in the model's (b, a) order, a single target, and the loss falls."""
+        model = two_input_regressor(order=("b", "a"))
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        ds = MultiInputDataset(two_inputs, inputs=["a", "b"], targets={"y": "y"}, batch_size=16, seed=0)
+        view = ds.for_model(model)
+        x, y = view[0]
+        assert [v.shape[1] for v in x] == [5, 3]
+        assert y.shape == (16,)
+        hist = model.fit(view, epochs=30, verbose=0)
+        assert hist.history["loss"][-1] < 0.01 * hist.history["loss"][0]
+        assert ds.epoch == view.epoch >= 30
+
+    def test_delegates_to_the_dataset(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs=["a", "b"], batch_size=8, seed=0, workers=2)
+        with ds.for_model(concat_model()) as view:
+            assert len(view) == len(ds) == 12
+            assert (view.workers, view.use_multiprocessing) == (1, False)  # kseq's pool, not Keras's
+            assert (view.batch_size, view.seed) == (8, 0)
+            view.on_epoch_end()
+            assert ds.epoch == view.epoch == 1
+            named = ds.get_batch(0)
+            np.testing.assert_array_equal(view[0][0][1], named[0]["b"])
+            same_batch(view.get_batch(0), named)
+
+    def test_refuses_pool_changes(self, two_inputs):
+        view = dataset(two_inputs).for_model(concat_model())
+        with pytest.raises(StructureError, match="Pass workers= to the dataset's constructor"):
+            view.workers = 4
+
+
+class TestViewGuard:
+    """A view's tuples fit one routing: wherever kseq sees another model next to it, it refuses."""
+
+    def view_and_swapped(self, two_inputs):
+        view = dataset(two_inputs, targets={"y": "y"}).for_model(two_input_regressor(name="ab"))
+        return view, two_input_regressor(order=("b", "a"), name="ba")
+
+    def test_check_with_a_model_in_another_order(self, two_inputs):
+        view, swapped = self.view_and_swapped(two_inputs)
+        with pytest.raises(StructureError) as e:
+            kseq.check(swapped, view)
+        assert str(e.value) == (
+            "this ModelView was made for model 'ab' (inputs ['a', 'b'] as a list, outputs ['y'] as a single "
+            "tensor); received model 'ba' (inputs ['b', 'a'] as a list, outputs ['y'] as a single tensor). "
+            "Its batches are arranged for the first model, so the second would get arrays in the wrong places "
+            "(or fail on shapes). Call ds.for_model(model) on the named dataset (view.dataset, a "
+            "MultiInputDataset) for model 'ba'."
+        )
+
+    def test_for_model_on_a_view(self, two_inputs):
+        view, swapped = self.view_and_swapped(two_inputs)
+        with pytest.raises(StructureError, match="this ModelView was made for model 'ab'"):
+            view.for_model(swapped)
+        again = view.for_model(two_input_regressor(name="ab2"))  # same routing: fine
+        assert again.dataset is view.dataset
+
+    def test_fit_generator(self, two_inputs):
+        view, swapped = self.view_and_swapped(two_inputs)
+        swapped.compile("sgd", "mse")
+        with pytest.raises(StructureError, match="received model 'ba'"):
+            kseq.legacy.fit_generator(swapped, view, epochs=1, verbose=0)
+
+    def test_the_named_dataset_serves_both_models(self, two_inputs):
+        view, swapped = self.view_and_swapped(two_inputs)
+        other = view.dataset.for_model(swapped)
+        x_ab, x_ba = view[0][0], other[0][0]
+        np.testing.assert_array_equal(x_ab[0], x_ba[1])
+        np.testing.assert_array_equal(x_ab[1], x_ba[0])
+        assert kseq.check(swapped, other, verbose=False).remedy == "This ModelView does this."
+
+
+class TestSetStructure:
+    def test_warns_and_names_for_model(self, two_inputs):
+        ds = dataset(two_inputs)
+        with pytest.warns(DeprecationWarning, match=r"set_structure\(\) is deprecated.*ds.for_model\(model\)"):
+            ds.set_structure(kseq.ModelStructure.of(concat_model("list")))
+        assert isinstance(ds[0][0], tuple)  # still works, for 0.1.0 code
+        with pytest.warns(DeprecationWarning):
+            ds.set_structure(None)
+        assert isinstance(ds[0][0], dict)
 
 
 class TestPlainPyDataset:

@@ -5,10 +5,12 @@ from kseq.datasets.caption import CaptionDataset
 from kseq.datasets.multi_input import MultiInputDataset
 from kseq.datasets.siamese import SiamesePairDataset, TripletDataset
 from kseq.datasets.stateful import StatefulSequenceDataset
+from kseq.datasets.view import ModelView
 
 __all__ = [
     "CaptionDataset",
     "Dataset",
+    "ModelView",
     "MultiInputDataset",
     "SiamesePairDataset",
     "StatefulSequenceDataset",

@@ -27,7 +27,7 @@ import numpy as np
 
 from kseq.batching import ClassWeights, describe
 from kseq.errors import StructureError
-from kseq.structure import ModelStructure, TensorSpec
+from kseq.structure import ModelStructure, TensorSpec, check_same_routing
 from kseq.validation import CheckReport, check_batch
 
 __all__ = ["BatchNormaliser", "NormalisedBatches"]
@@ -140,7 +140,12 @@ class NormalisedBatches:
     each batch, and ``last_error``, the last exception raised while reading one (Keras may wrap it on the
     way out; tf.data turns it into an InvalidArgumentError, and fit_generator raises this one instead).
 
-    A subclass sets ``_class_weight`` and ``_x_only`` and defines ``get_batch(index)``.
+    Batches are put into one model's structure: the model given as ``model=`` at construction (or to
+    :meth:`adopt`, as ``fit_generator`` does for an adapter built without one). :meth:`check` only reads,
+    and refuses a model whose inputs or outputs are named, ordered or nested otherwise, like a
+    :class:`kseq.ModelView` (NOTE [ named batches and model structure ] in :mod:`kseq.structure`).
+
+    A subclass sets ``_class_weight`` and ``_x_only`` and defines ``_raw_batch(index) -> (where, yield)``.
     """
 
     _class_weight: Any
@@ -148,17 +153,53 @@ class NormalisedBatches:
     _normaliser: BatchNormaliser
     last_error: BaseException | None
 
+    @property
+    def model_structure(self) -> ModelStructure | None:
+        """The structure batches are named and adapted for, or ``None``: passed on as yielded."""
+        return self._normaliser.structure
+
     def set_structure(self, structure: ModelStructure | None) -> None:
         """Name and adapt batches for ``structure`` from now on (``None``: as yielded)."""
         self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
 
-    def _adopt(self, structure: ModelStructure, *, verbose: bool) -> CheckReport:
-        """Adopt ``structure``, then check batch 0 named by it (names first: list yields need them)."""
-        self.set_structure(structure)
-        report = check_batch(structure, self.get_batch(0))  # type: ignore[attr-defined]
+    def adopt(self, model: Any, *, verbose: bool = False) -> CheckReport:
+        """Name and adapt every batch for ``model`` from now on (what ``model=`` does), after checking batch 0."""
+        report = self.check(model, verbose=verbose)
+        self.set_structure(report.structure)
+        report.remedy = f"This {type(self).__name__} does this."
+        return report
+
+    def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
+        """Check batch 0, named by ``model``'s inputs and outputs (list yields need them), against ``model``.
+
+        Read-only: batches are adapted only to the model given as ``model=`` (or to :meth:`adopt`).
+
+        Raises:
+            StructureError: batch 0 does not fit ``model``, or the adapter was made for a model with
+                another structure.
+        """
+        structure = ModelStructure.of(model)
+        self.require_model(structure)
+        where, raw = self._raw_batch(0)  # type: ignore[attr-defined]
+        named = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only).name(raw, where=where)
+        report = check_batch(structure, named)
+        name = type(self).__name__
+        report.remedy = (
+            f"This {name} does this." if self.model_structure is not None
+            else f"Pass model= to {name}(...) (fit_generator does it for you), which does this."
+        )
         if verbose and report.adaptations:
             print(report)  # noqa: T201 - the user asked to be told
         return report
+
+    def require_model(self, structure: ModelStructure) -> None:
+        """Raise :class:`~kseq.errors.StructureError` if batches are adapted for a model routed otherwise."""
+        if self.model_structure is not None:
+            name = type(self).__name__
+            check_same_routing(
+                self.model_structure, structure, owner=f"this {name}",
+                fix=f"Build a new {name}(..., model=model) for model {structure.model_name!r}.",
+            )
 
 
 def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where: str) -> dict[str, Any]:
@@ -256,7 +297,7 @@ def _class_weights(class_weight: Mapping[Any, Any] | None, structure: ModelStruc
     if structure is None:
         msg = (
             "class_weight needs the model, to know which output each weight belongs to. "
-            "Pass model= (or call .check(model)) before training."
+            "Pass model= before training."
         )
         raise StructureError(msg)
     if not isinstance(class_weight, Mapping) or not class_weight:

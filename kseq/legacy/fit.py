@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from kseq.callbacks import stateful_layers, track_states
-from kseq.datasets import Dataset
+from kseq.datasets import Dataset, ModelView
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
 from kseq.legacy.generator import EpochMarker, GeneratorDataset, check_steps
@@ -223,7 +223,7 @@ def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers
     """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length)."""
     options = {"model": model, "class_weight": class_weight, "x_only": x_only, "workers": workers,
                "use_multiprocessing": use_multiprocessing, "max_queue_size": max_queue_size}
-    if isinstance(data, (GeneratorDataset, SequenceAdapter, Dataset)):
+    if isinstance(data, (GeneratorDataset, SequenceAdapter, Dataset, ModelView)):
         return _prepared(model, data, steps, argument, options)
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         adapter = SequenceAdapter(data, **options)
@@ -250,7 +250,12 @@ def _check_queue(workers: int, use_multiprocessing: bool, max_queue_size: int) -
 
 
 def _prepared(model: Any, data: Any, steps: int | None, argument: str, options: dict) -> tuple[Any, int | None]:
-    """A dataset built by the caller (kseq's, or a legacy adapter): its own reading options stand."""
+    """A dataset built by the caller (kseq's, or a legacy adapter): its own reading options stand.
+
+    A named kseq dataset is trained through a view for ``model`` (``ds.for_model``), and a view must have been
+    made for a model of this structure; a legacy adapter adopts ``model`` unless it was built for one, which
+    must then have this structure (NOTE [ named batches and model structure ] in kseq/structure.py).
+    """
     defaults = {"class_weight": None, "workers": 1, "use_multiprocessing": False, "max_queue_size": 10}
     changed = sorted(k for k, default in defaults.items() if options[k] != default)
     if changed:
@@ -260,7 +265,12 @@ def _prepared(model: Any, data: Any, steps: int | None, argument: str, options: 
             f"Pass them to {name}(...) instead."
         )
         raise StructureError(msg)
-    data.check(model, verbose=False)
+    if isinstance(data, (Dataset, ModelView)):
+        data = data.for_model(model)
+    elif data.model_structure is None:
+        data.adopt(model)
+    else:
+        data.check(model, verbose=False)
     if isinstance(data, GeneratorDataset):
         if steps is not None and check_steps(steps, argument) != len(data):
             msg = f"{argument}={steps} differs from the GeneratorDataset's steps_per_epoch={len(data)}. Pass one."

@@ -12,7 +12,6 @@ from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
 from kseq.legacy.stream import Stream
-from kseq.structure import ModelStructure
 from kseq.validation import CheckReport
 
 __all__ = ["EpochMarker", "GeneratorDataset", "check_steps"]
@@ -27,8 +26,9 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
     :mod:`kseq.legacy.batches`): ``(x, y[, sample_weight])``; x a list in the order
     of ``model.inputs`` or a dict by input name; targets a list or a dict by output
     layer name, even for a model built from lists or one tensor. With ``model=``
-    (or after :meth:`check`) every batch is checked against the model and put in
-    its structure, and an error names the epoch and step it came from.
+    (or after :meth:`adopt`) every batch is checked against the model and put in
+    its structure, and an error names the epoch and step it came from; :meth:`check`
+    only reads batch 0.
 
     A generator is read on, across epochs, as ``fit_generator`` did: it must yield
     ``steps_per_epoch`` x ``epochs`` batches. A function is called again at the
@@ -111,7 +111,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         self._normaliser = BatchNormaliser(None, x_only=x_only)
         self.last_error = None
         if model is not None:
-            self.check(model, verbose=False)
+            self.adopt(model)
 
     # -- the PyDataset protocol --------------------------------------------------
 
@@ -155,27 +155,37 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
             msg = f"Batch index {index!r} is out of range: this dataset has {len(self)} batches (steps_per_epoch)."
             raise IndexError(msg)
         try:
-            where, raw = self._stream.take(int(index))
+            where, raw = self._raw_batch(int(index))
             return self._normaliser.name(raw, where=where)
         except Exception as e:
             self.last_error = e
             raise
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
-        """Check the first batch against ``model`` and put every batch in its structure from now on.
+        """Check the first batch against ``model``; read-only (``model=`` or :meth:`adopt` adapts).
 
         Unlike ``kseq.check(model, ds)``, this names list yields by the model's
         inputs before checking them. The batch read is kept for the first epoch.
         """
-        structure = ModelStructure.of(model)
+        self._refuse_threads(model)
+        return super().check(model, verbose=verbose)
+
+    def adopt(self, model: Any, *, verbose: bool = False) -> CheckReport:
+        """Check batch 0 and put every batch in ``model``'s structure from now on (what ``model=`` does)."""
+        self._refuse_threads(model)
+        self._stream.replay = 0 if self.workers > 1 else max(REPLAY, int(getattr(model, "steps_per_execution", 1)))
+        return super().adopt(model, verbose=verbose)
+
+    def _refuse_threads(self, model: Any) -> None:
         if self.workers > 1 and stateful_layers(model):
             msg = (
                 f"Model {model.name!r} has stateful layers, which need the batches in order, but threads "
                 f"(workers={self.workers}) read a generator in whatever order they get to it. Expected workers=1."
             )
             raise StructureError(msg)
-        self._stream.replay = 0 if self.workers > 1 else max(REPLAY, int(getattr(model, "steps_per_execution", 1)))
-        return self._adopt(structure, verbose=verbose)
+
+    def _raw_batch(self, index: int) -> tuple[str, Any]:
+        return self._stream.take(index)
 
     def __reduce__(self) -> Any:
         msg = (

@@ -9,8 +9,6 @@ import keras
 
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
-from kseq.structure import ModelStructure
-from kseq.validation import CheckReport
 
 __all__ = ["SequenceAdapter"]
 
@@ -78,7 +76,7 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         self._in_epoch = False
         self.last_error = None
         if model is not None:
-            self.check(model, verbose=False)
+            self.adopt(model)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -108,14 +106,14 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
             msg = f"A Sequence gives the batches of its current state only. Received epoch={epoch}; pass None."
             raise StructureError(msg)
         try:
-            return self._normaliser.name(self.sequence[index], where=f"batch {index} of {type(self.sequence).__name__}")
+            where, raw = self._raw_batch(index)
+            return self._normaliser.name(raw, where=where)
         except Exception as e:
             self.last_error = e
             raise
 
-    def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
-        """Check batch 0 against ``model`` and put every batch in its structure from now on."""
-        return self._adopt(ModelStructure.of(model), verbose=verbose)
+    def _raw_batch(self, index: int) -> tuple[str, Any]:
+        return f"batch {index} of {type(self.sequence).__name__}", self.sequence[index]
 
     def __repr__(self) -> str:
         return f"SequenceAdapter({type(self.sequence).__name__}, {len(self)} batches, workers={self.workers})"

@@ -253,7 +253,7 @@ class TestSetStructure:
         with pytest.warns(DeprecationWarning, match=r"set_structure\(\) is deprecated.*ds.for_model\(model\)"):
             ds.set_structure(kseq.ModelStructure.of(concat_model("list")))
         assert isinstance(ds[0][0], tuple)  # still works, for 0.1.0 code
-        with pytest.warns(DeprecationWarning):
+        with pytest.warns(DeprecationWarning, match="set_structure"):
             ds.set_structure(None)
         assert isinstance(ds[0][0], dict)
 

@@ -392,7 +392,7 @@ class TestValidation:
             ({"captions_per_image": "two"}, "captions_per_image must be"),
             ({"weighting": "sum"}, "weighting must be one of"),
             ({"max_length": 1}, "max_length must be an integer >= 2"),
-            ({"pad_to_multiple": 0}, "pad_to_multiple must be a positive integer"),
+            ({"pad_to_multiple": 0}, "pad_to_multiple must be an integer >= 1"),
             ({"input_names": ("x",)}, "input_names must be two distinct names"),
         ],
     )

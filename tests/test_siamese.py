@@ -398,12 +398,12 @@ class TestSiamesePairDataset:
     @pytest.mark.parametrize(
         ("kwargs", "match"),
         [
-            ({"label": "digit"}, r"Received label='digit'; the source has fields \['label', 'x'\]"),
+            ({"label": "digit"}, r"label names field\(s\) \['digit'\] .* Expected fields from \['label', 'x'\]"),
             ({"positive_fraction": 2}, r"positive_fraction must be a number in \[0, 1\]"),
-            ({"same_label": 2}, "same_label must be 1"),
-            ({"fields": ["nope"]}, r"Unknown field\(s\) \['nope'\]"),
+            ({"same_label": 2}, r"same_label must be an integer in \[0, 1\]. Received same_label=2. 1: same class"),
+            ({"fields": ["nope"]}, r"fields names field\(s\) \['nope'\]"),
             ({"input_names": ("a", "a")}, "2 distinct non-empty names"),
-            ({"balance": "samples"}, "balance must be 'rows' or 'classes'"),
+            ({"balance": "samples"}, "balance must be one of 'rows', 'classes'. Received balance='samples'"),
             ({"balance": "classes", "classes_per_batch": 2}, "no effect with classes_per_batch"),
         ],
     )

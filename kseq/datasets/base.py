@@ -5,12 +5,14 @@ The constructor of :class:`Dataset` checks and stores its own arguments and call
 method that a subclass overrides. The sampler is built by :meth:`Dataset.make_sampler`
 the first time ``ds.sampler`` (or ``len(ds)``, or a batch) is read, so a subclass sets
 its attributes before or after ``super().__init__()`` as it likes, and its
-``make_sampler`` can use all of them. The one exception is the base's own
-``make_sampler``, which reads only what the base constructor stored: when a class does
-not override it, the base builds the sampler at once, so a bad ``batch_size`` or
-``shuffle="block"`` setting is refused at construction. A subclass with its own
-sampler ends its constructor with ``self.sampler`` (as kseq's datasets do) to get the
-same.
+``make_sampler`` can use all of them.
+
+Errors in the sampler's settings should still come at construction. So a constructor
+ends with ``self.build_own_sampler(TheClass)``: it builds the sampler at once only when
+the ``make_sampler`` in use is ``TheClass``'s own, whose inputs that constructor has
+just set. When a further subclass overrides ``make_sampler``, its constructor may not be
+done yet, so the sampler waits for first use (that subclass's constructor can end with
+its own ``build_own_sampler`` call).
 """
 
 from __future__ import annotations
@@ -122,8 +124,7 @@ class Dataset(PyDatasetBase):
         self._served: set[int] = set()  # batch indices served by __getitem__ this epoch
         self._warned_partial = False
         self._sampler: Sampler | None = None
-        if type(self).make_sampler is Dataset.make_sampler:  # NOTE [ construction order ]
-            self.sampler  # noqa: B018 - built now: the base's sampler reads only what was checked above
+        self.build_own_sampler(Dataset)
 
     @property
     def sampler(self) -> Sampler:
@@ -140,6 +141,11 @@ class Dataset(PyDatasetBase):
         return self._sampler
 
     # -- the parts a subclass may override ---------------------------------------
+
+    def build_own_sampler(self, owner: type) -> None:
+        """Build the sampler now if the ``make_sampler`` in use is ``owner``'s (NOTE [ construction order ])."""
+        if type(self).make_sampler is owner.make_sampler:
+            self.sampler  # noqa: B018 - the read builds it and refuses an empty one
 
     def make_sampler(self) -> Sampler:
         """The sampler of this dataset; called once, the first time ``self.sampler`` is read."""

@@ -148,7 +148,15 @@ class CaptionDataset(Dataset):
         self.lengths = full if self.max_length is None else np.minimum(full, self.max_length)
         self.num_truncated = int((full > self.lengths).sum())
         self._warn_about_data(len(source))
-        self.sequence_length = self._constant_width()  # reads len(self): builds the sampler, refusing an empty one
+        self._sequence_length: int | None | bool = False  # False: not computed yet
+        self.build_own_sampler(CaptionDataset)
+
+    @property
+    def sequence_length(self) -> int | None:
+        """The one width ``T`` of every batch, or ``None`` where widths vary by batch."""
+        if self._sequence_length is False:
+            self._sequence_length = self._constant_width()
+        return self._sequence_length  # type: ignore[return-value]
 
     @property
     def sample_weight_mode(self) -> Weighting:

@@ -11,6 +11,7 @@ from kseq.batching import ClassWeights, pack
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.sources import Source
+from kseq.validators import known_fields
 
 __all__ = ["MultiInputDataset"]
 
@@ -63,6 +64,7 @@ class MultiInputDataset(Dataset):
         self.class_weights = self._class_weights(class_weight)
         names = [*self.inputs.values(), *(self.targets or {}).values(), *self.sample_weights.values()]
         self._fields_read = list(dict.fromkeys(names))
+        self.build_own_sampler(MultiInputDataset)
 
     @property
     def fields_read(self) -> list[str]:
@@ -107,7 +109,7 @@ class MultiInputDataset(Dataset):
             msg = f"sample_weight must be a field name or {{output_name: field}}. Received {sample_weight!r:.80}."
             raise StructureError(msg)
         _check_outputs(mapping, self.targets, "sample_weight")
-        _check_known(list(mapping.values()), available, "sample_weight")
+        known_fields(list(mapping.values()), available, "sample_weight")
         for field in set(mapping.values()):
             shape, dtype = available[field]
             if tuple(shape) not in ((), (1,)) or np.dtype(dtype).kind not in "iufb":
@@ -155,18 +157,8 @@ def _name_map(names: Names, argument: str, available: Mapping) -> dict[str, str]
             f"Received {names!r:.80}."
         )
         raise StructureError(msg)
-    _check_known(list(mapping.values()), available, argument)
+    known_fields(list(mapping.values()), available, argument)
     return mapping
-
-
-def _check_known(fields: list[str], available: Mapping, argument: str) -> None:
-    missing = [f for f in fields if f not in available]
-    if missing:
-        msg = (
-            f"{argument} names field(s) {missing} that the source does not have. "
-            f"Expected fields from {sorted(available)}."
-        )
-        raise StructureError(msg)
 
 
 def _check_outputs(mapping: Mapping[str, Any], targets: Mapping[str, str], argument: str) -> None:

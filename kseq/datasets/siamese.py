@@ -34,6 +34,8 @@ from kseq.errors import StructureError
 from kseq.samplers.pairs import Balance, ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
 from kseq.sources import Source, as_source, check_fields
 from kseq.sources.base import cheap_row_reads
+from kseq.validators import integer, known_fields, one_of
+from kseq.validators import name as check_name
 
 __all__ = ["SiamesePairDataset", "TripletDataset"]
 
@@ -173,12 +175,12 @@ class SiamesePairDataset(_ClassTupleDataset):
         self.pairs_per_epoch = pairs_per_epoch
         self.classes_per_batch = classes_per_batch
         self.balance = balance
-        self.target_name = _check_target_name(target_name)
+        self.target_name = None if target_name is None else check_name(target_name, "target_name")
         self.same_label = _check_same_label(same_label)
         singletons: Singletons = "drop" if drop_singletons else "keep" if self.positive_fraction == 0 else "refuse"
         super().__init__(source, label=label, fields=fields, input_names=input_names, singletons=singletons,
                          roles=2, **kwargs)
-        self.sampler  # noqa: B018 - built now: sampler settings are refused here (NOTE [ construction order ])
+        self.build_own_sampler(SiamesePairDataset)
 
     def make_sampler(self) -> PairSampler:
         return PairSampler(
@@ -236,16 +238,13 @@ class TripletDataset(_ClassTupleDataset):
         drop_singletons: bool = False,
         **kwargs: Any,
     ) -> None:
-        if targets not in (None, "zeros", "labels"):
-            msg = f"targets must be None, 'zeros' or 'labels'. Received targets={targets!r}."
-            raise StructureError(msg)
-        self.targets = targets
+        self.targets = one_of(targets, "targets", (None, "zeros", "labels"))
         self.triplets_per_epoch = triplets_per_epoch
         self.classes_per_batch = classes_per_batch
         self.balance = balance
         super().__init__(source, label=label, fields=fields, input_names=input_names,
                          singletons="drop" if drop_singletons else "refuse", roles=3, **kwargs)
-        self.sampler  # noqa: B018 - built now: sampler settings are refused here (NOTE [ construction order ])
+        self.build_own_sampler(TripletDataset)
 
     def make_sampler(self) -> TripletSampler:
         return TripletSampler(
@@ -263,13 +262,8 @@ class TripletDataset(_ClassTupleDataset):
 
 
 def _check_label_field(label: object, source: Source) -> str:
-    if not isinstance(label, str) or label not in source.fields:
-        msg = (
-            f"label must name the field that holds each row's class. Received label={label!r}; "
-            f"the source has fields {sorted(source.fields)}. Pass label=<one of them>."
-        )
-        raise StructureError(msg)
-    return label
+    fix = "Pass label=<the field that holds each row's class>."
+    return known_fields(check_name(label, "label"), source.fields, "label", fix=fix)[0]
 
 
 def _check_fields(fields: str | Sequence[str] | None, source: Source, label: str) -> list[str]:
@@ -294,18 +288,6 @@ def _check_input_names(names: Sequence[str], roles: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_target_name(name: object) -> str | None:
-    if name is not None and not (isinstance(name, str) and name):
-        msg = f"target_name must be a non-empty string (the model output's name) or None. Received {name!r}."
-        raise StructureError(msg)
-    return name
-
-
 def _check_same_label(value: object) -> int:
-    if isinstance(value, bool) or value not in (0, 1):
-        msg = (
-            f"same_label must be 1 (same class -> 1.0, the default) or 0 (same class -> 0.0, as the keras.io "
-            f"contrastive loss expects). Received same_label={value!r}."
-        )
-        raise StructureError(msg)
-    return int(value)  # type: ignore[call-overload]
+    fix = "1: same class -> 1.0 (the default); 0: same class -> 0.0, as the keras.io contrastive loss expects."
+    return integer(value, "same_label", minimum=0, maximum=1, fix=fix)

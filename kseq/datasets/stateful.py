@@ -148,7 +148,7 @@ class StatefulSequenceDataset(Dataset):
             max_queue_size=max_queue_size,
             start_method=start_method,
         )
-        self.sampler  # noqa: B018 - built now, so an empty layout is refused here (NOTE [ construction order ])
+        self.build_own_sampler(StatefulSequenceDataset)
 
     # -- the parts of Dataset this class overrides ------------------------------
 

@@ -142,7 +142,7 @@ class Dataset(PyDatasetBase):
 
     # -- the parts a subclass may override ---------------------------------------
 
-    def build_own_sampler(self, owner: type) -> None:
+    def build_own_sampler(self, owner: type[Dataset]) -> None:
         """Build the sampler now if the ``make_sampler`` in use is ``owner``'s (NOTE [ construction order ])."""
         if type(self).make_sampler is owner.make_sampler:
             self.sampler  # noqa: B018 - the read builds it and refuses an empty one

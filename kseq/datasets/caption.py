@@ -148,7 +148,7 @@ class CaptionDataset(Dataset):
         self.lengths = full if self.max_length is None else np.minimum(full, self.max_length)
         self.num_truncated = int((full > self.lengths).sum())
         self._warn_about_data(len(source))
-        self._sequence_length: int | None | bool = False  # False: not computed yet
+        self._sequence_length: int | bool | None = False  # False: not computed yet
         self.build_own_sampler(CaptionDataset)
 
     @property

@@ -105,3 +105,17 @@ class TestRenamedNames:
 
         with pytest.raises(AttributeError, match="has no attribute 'descrbe'"):
             hdf5.descrbe  # noqa: B018 - the read is the test
+
+    def test_batching_pack_is_as_batch_and_describe_is_summarize(self):
+        import kseq.batching as batching
+
+        with pytest.warns(DeprecationWarning, match=r"batching\.pack is deprecated: use kseq\.batching\.as_batch"):
+            assert batching.pack is batching.as_batch
+        with pytest.warns(DeprecationWarning, match=r"batching\.describe is deprecated: use kseq\.batching\.summarize"):
+            assert batching.describe is batching.summarize
+
+    def test_batching_old_names_warn_on_import_not_on_module_import(self):
+        code = "import kseq.batching, kseq.sources.hdf5"  # the modules themselves import without a warning
+        subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], check=True)
+        with pytest.warns(DeprecationWarning, match="as_batch"):
+            from kseq.batching import pack  # noqa: F401 - the import is the test

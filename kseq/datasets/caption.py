@@ -18,9 +18,9 @@ So CaptionDataset, when its batch widths can vary at all:
     embeddings) should use ``fixed_length=True``;
   * pads a dataset of a single batch per epoch to the widest possible width;
   * rounds widths up to ``pad_to_multiple`` (e.g. 8) on request, which bounds
-    the distinct shapes, hence the compiles on JAX, to ``max_length / 8``.
-    Measured on 2 CPU cores, JAX, a small GRU captioner, 3 epochs of 38 bucketed
-    batches: 12.8 s with ``pad_to_multiple=1`` (one compile per width), 5.3 s with 8.
+    the distinct shapes, hence the compiles on JAX, to ``max_length / 8``: on
+    JAX, fewer compiles make a run of a few epochs several times shorter
+    (benchmarks/README.md, captioning).
 
 ``fixed_length=True`` pads every batch to ``max_length - 1`` (or the longest
 caption): one shape, one compile, and a fixed ``Input(shape=(length,))`` works.

@@ -69,16 +69,16 @@ def demo(epochs: int = 8, batch_size: int = 32, seed: int = 0) -> dict[str, floa
     train_ds = MultiInputDataset(train, inputs=inputs, targets="digit", batch_size=batch_size, seed=seed)
     test_ds = MultiInputDataset(test, inputs=inputs, targets="digit", batch_size=batch_size, shuffle=False)
     model = _model()
-    train_ds.check(model)
-    test_ds.check(model, verbose=False)
+    train_ds.check(model)  # read-only: prints what this list-built model needs
+    train_view, test_view = train_ds.for_model(model), test_ds.for_model(model)  # the batches in its order
     print(f"kseq demo: digits, {cut} train / {len(order) - cut} test, inputs pixels (8,8,1) + profile (16,)")
     print(f"{'epoch':>5} {'batches/s':>10} {'loss':>8} {'train acc':>10} {'test acc':>9}")
     row: dict[str, float] = {}
     for epoch in range(epochs):
         start = time.perf_counter()
-        hist = model.fit(train_ds, epochs=1, verbose=0, shuffle=False).history
-        rate = len(train_ds) / (time.perf_counter() - start)
-        test_acc = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+        hist = model.fit(train_view, epochs=1, verbose=0, shuffle=False).history
+        rate = len(train_view) / (time.perf_counter() - start)
+        test_acc = model.evaluate(test_view, verbose=0, return_dict=True)["accuracy"]
         row = {"batches_per_s": rate, "loss": hist["loss"][-1], "accuracy": hist["accuracy"][-1], "test": test_acc}
         print(f"{epoch + 1:>5} {rate:>10.0f} {row['loss']:>8.4f} {row['accuracy']:>10.3f} {test_acc:>9.3f}")
     return row

@@ -173,7 +173,11 @@ class TestErrors:
 
     @pytest.mark.parametrize(("option", "match"), [({"compression": "zstd"}, "compression must be"),
                                                   ({"chunks": 0}, "chunks must be"),
-                                                  ({"compression_opts": 4}, "compression_opts is the gzip level")])
+                                                  ({"compression_opts": 4}, "compression_opts is the gzip level"),
+                                                  ({"compression": "gzip", "compression_opts": 10},
+                                                   r"compression_opts must be an integer in \[0, 9\]"),
+                                                  ({"chunks": 2.5}, "integer >= 1. Received chunks=2.5"),
+                                                  ])
     def test_bad_options(self, tmp_path, arrays, option, match):
         with pytest.raises(StructureError, match=match):
             pack(tmp_path / "x.h5", arrays, progress=False, **option)

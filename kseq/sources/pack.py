@@ -33,6 +33,7 @@ from kseq.errors import SourceError, StructureError
 from kseq.sources.array import ArraySource
 from kseq.sources.dataframe import DataFrameSource
 from kseq.sources.hdf5 import HDF5Source
+from kseq.validators import integer, one_of
 
 __all__ = ["pack"]
 
@@ -112,12 +113,11 @@ def pack(
 
 
 def _check_compression(compression: str | None, level: int | None) -> bool:
-    if compression not in (None, "gzip", "lzf"):
-        msg = f"compression must be None, 'gzip' or 'lzf'. Received compression={compression!r}."
-        raise StructureError(msg)
+    one_of(compression, "compression", (None, "gzip", "lzf"))
     if level is not None and compression != "gzip":
         msg = f"compression_opts is the gzip level; received compression_opts={level!r} with {compression=}."
         raise StructureError(msg)
+    integer(level, "compression_opts", minimum=0, maximum=9, optional=True, fix="It is the gzip level.")
     return compression is not None
 
 
@@ -154,10 +154,7 @@ def _chunk_rows(chunks: object, compressed: bool) -> int | str | None:
         return None
     if chunks is True:
         return "auto"
-    if isinstance(chunks, (int, np.integer)) and chunks >= 1:
-        return int(chunks)
-    msg = f"chunks must be ..., None, True/False or a positive number of rows. Received chunks={chunks!r}."
-    raise StructureError(msg)
+    return integer(chunks, "chunks", minimum=1, fix="Or pass ... (the default), None, True or False.")
 
 
 def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
@@ -177,9 +174,7 @@ def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.
             f"Received {type(fields).__name__}. Name a bare array: {{'x': array}}."
         )
         raise StructureError(msg)
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
-        msg = f"length must be a positive number of rows. Received length={length!r}."
-        raise StructureError(msg)
+    length = integer(length, "length", minimum=1, optional=True, fix="It is the stream's total number of rows.")
     return (_batch_arrays(b, i) for i, b in enumerate(fields)), length
 
 
@@ -347,7 +342,12 @@ def _in_file_order(group: h5py.Group, prefix: str = "") -> list[str]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """A one-line progress bar on stderr, redrawn at most ten times a second.
+
+    Not ``keras.utils.Progbar``: ``python -m kseq pack`` is framework-free, and importing Keras
+    imports its backend, measured at seconds and hundreds of MB against about a second for this
+    module (benchmarks/README.md, "Numbers from docstrings"). Not tqdm: not a kseq dependency.
+    """
 
     def __init__(self, total: int | None, label: str, enabled: bool | TextIO) -> None:
         self.total, self.label = total, label

@@ -9,10 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kseq.callbacks
+import kseq.jax_states
+import kseq.states
 from kseq import StructureError
-from kseq.callbacks import ResetStates, stateful_layers, track_states
+from kseq.callbacks import ResetStates, check_stateful_model, stateful_layers, track_states
 from kseq.datasets.stateful import StatefulSequenceDataset
 from kseq.samplers.streams import StreamSampler, stream_layout
+from kseq.states import StatefulLayers
+from kseq.validation import check_stateful_rows, check_step_count, check_steps_per_execution
 
 layouts = st.fixed_dictionaries(
     {
@@ -379,6 +384,133 @@ class TestResetStates:
     def test_something_without_starts_is_refused(self):
         with pytest.raises(StructureError, match="expects a stateful dataset"):
             ResetStates(np.zeros(3))
+
+
+@pytest.mark.portable
+class TestStatefulLayers:
+    def test_resets_hit_exactly_the_rows_that_start_a_sequence(self):
+        """Before each batch the callback zeroes the rows of ds.starts(batch) and keeps every other row."""
+        series = [np.arange(float(n)) for n in (7, 3, 12, 2, 5, 9)]
+        ds = StatefulSequenceDataset(series, batch_size=3, timesteps=2)
+        assert ds.layout.starts[1:].any()  # sequences start mid-epoch ...
+        assert not ds.layout.starts[1:].all()  # ... in some rows only
+        model = seq2seq(ds.keras_input(), stateful=True)
+        callback = ResetStates(ds)
+        callback.set_model(model)
+        callback.on_predict_begin()
+        for k in range(len(ds)):
+            for state in callback.stateful.variables:
+                state.assign(np.ones(state.shape, "float32"))
+            callback.on_predict_batch_begin(k)
+            expected = np.ones(3, bool) if k == 0 else ds.starts(k)
+            for state in callback.stateful.variables:
+                zeroed = (keras.ops.convert_to_numpy(state.value) == 0).all(axis=1)
+                assert zeroed.tolist() == expected.tolist(), k
+
+    def test_the_layers_are_those_of_the_model_set_and_kept_across_batches(self):
+        ds = StatefulSequenceDataset([np.arange(9.0), np.arange(4.0)], batch_size=1, timesteps=2)
+        model = seq2seq(ds.keras_input(), stateful=True)
+        callback = ResetStates(ds)
+        callback.set_model(model)
+        found = callback.stateful
+        assert found.layers == tuple(stateful_layers(model)) == (model.get_layer("lstm"),)
+        assert found.rows() == {"lstm": 1}
+        assert len(found.variables) == 2  # LSTM's h and c
+        model.predict(ds, callbacks=[callback], verbose=0)
+        assert callback.stateful is not found  # predict set the model again (Keras does, per call) ...
+        assert callback.stateful.variables == found.variables  # ... and found the same variables
+
+    def test_a_second_model_is_looked_up_again(self):
+        """set_model with another model re-caches: resets reach the new model's state, not the old one's."""
+        ds = StatefulSequenceDataset(np.arange(20.0), batch_size=2, timesteps=3)
+        first, second = (seq2seq(ds.keras_input(), stateful=True, seed=s) for s in (0, 1))
+        callback = ResetStates(ds)
+        callback.set_model(first)
+        callback.set_model(second)
+        assert callback.stateful.layers == tuple(stateful_layers(second))
+        for model in (first, second):
+            for state in stateful_layers(model)[0].states:
+                state.assign(np.ones(state.shape, "float32"))
+        callback.reset_rows(np.array([True, False]))
+        for model, row0 in ((first, 1.0), (second, 0.0)):
+            for state in stateful_layers(model)[0].states:
+                assert keras.ops.convert_to_numpy(state.value)[:, 0].tolist() == [row0, 1.0]
+
+    def test_a_model_built_after_set_model_is_looked_up_once_built(self):
+        model = keras.Sequential([keras.layers.LSTM(4, stateful=True, return_sequences=True, name="lstm")])
+        callback = ResetStates()
+        callback.set_model(model)
+        assert callback.stateful.layers == ()
+        model(np.zeros((2, 3, 1), "float32"))
+        assert [layer.name for layer in callback.stateful.layers] == ["lstm"]
+        assert callback.stateful.complete
+
+    def test_flags_for_another_number_of_rows_are_refused(self):
+        model = seq2seq(keras.Input(batch_shape=(2, 3, 1)), stateful=True)
+        with pytest.raises(StructureError, match=r"one flag per row .* \[2\] rows .* Received flags of shape \(3,\)"):
+            StatefulLayers(model).reset_rows(np.array([True, False, True]))
+
+    def test_the_same_pattern_twice_resets_the_same_rows(self):
+        """The mask of a pattern is made once and reused; a reused mask still zeroes only its rows."""
+        model = seq2seq(keras.Input(batch_shape=(3, 2, 1)), stateful=True)
+        layers = StatefulLayers(model)
+        for rows in ([False, True, False], [True, False, False], [False, True, False]):
+            for state in layers.variables:
+                state.assign(np.full(state.shape, 2.0, "float32"))
+            layers.reset_rows(np.array(rows))
+            for state in layers.variables:
+                kept = keras.ops.convert_to_numpy(state.value)[:, 0]
+                assert kept.tolist() == [0.0 if r else 2.0 for r in rows]
+
+    def test_public_names_stay_importable_from_kseq_callbacks(self):
+        assert kseq.callbacks.stateful_layers is kseq.states.stateful_layers
+        assert kseq.callbacks.track_states is kseq.jax_states.track_states
+        assert callable(kseq.callbacks.check_stateful_model)
+
+
+@pytest.mark.portable
+class TestStreamChecks:
+    """The checks ResetStates runs, called directly from kseq.validation, say what the callback says."""
+
+    def test_stateful_rows(self):
+        ds = StatefulSequenceDataset(np.arange(30.0), batch_size=2, timesteps=3)
+        model = seq2seq(keras.Input(batch_shape=(3, 3, 1)), stateful=True)
+        with pytest.raises(StructureError) as through_callback:
+            check_stateful_model(model, ds.batch_size)
+        with pytest.raises(StructureError, match=r"\{'lstm': 3, 'input 0': 3\} rows .* batch_size=2") as direct:
+            check_stateful_rows({"lstm": 3, "input 0": 3}, 2)
+        assert str(direct.value) == str(through_callback.value)
+        check_stateful_rows({"lstm": 2, "input 0": 2}, 2)
+
+    def test_steps_per_execution(self):
+        ds = StatefulSequenceDataset([np.arange(9.0), np.arange(4.0)], batch_size=1, timesteps=2)
+        model = seq2seq(ds.keras_input(), stateful=True)
+        model.compile("sgd", "mse", steps_per_execution=2)
+        with pytest.raises(StructureError) as through_fit:
+            model.fit(ds, shuffle=False, callbacks=[ResetStates(ds)], verbose=0)
+        with pytest.raises(StructureError, match=r"steps_per_execution=2 .* steps_per_execution=1") as direct:
+            check_steps_per_execution(2, ds, "fit")
+        assert str(direct.value) == str(through_fit.value)
+        check_steps_per_execution(1, ds, "fit")
+        check_steps_per_execution(2, ds.like(np.arange(5.0)), "fit")  # one sequence, one stream: no reset inside
+
+    @pytest.mark.parametrize("call", ["evaluate", "predict"])
+    def test_step_count(self, call):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=2, timesteps=3)
+        model = seq2seq(ds.keras_input(), stateful=True)
+        model.compile("sgd", "mse")
+        with pytest.raises(StructureError) as through_call:
+            getattr(model, call)(ds, steps=2, callbacks=[ResetStates(ds)], verbose=0)
+        with pytest.raises(StructureError, match=rf"{call} runs 2 steps but .* has {len(ds)} batches") as direct:
+            check_step_count(2, ds, call)
+        assert str(direct.value) == str(through_call.value)
+        check_step_count(None, ds, call)
+        check_step_count(len(ds), ds, call)
+
+    def test_step_count_of_fit(self):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=2, timesteps=3)
+        with pytest.raises(StructureError, match=r"fit runs 2 steps per epoch .* steps_per_epoch=None"):
+            check_step_count(2, ds, "fit")
 
 
 @pytest.mark.portable

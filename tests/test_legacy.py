@@ -322,7 +322,7 @@ class TestGeneratorDataset:
 
     @pytest.mark.parametrize("steps", [0, 2.5, "3", None])
     def test_bad_steps(self, steps):
-        with pytest.raises(StructureError, match="steps_per_epoch must be a positive whole number"):
+        with pytest.raises(StructureError, match=r"steps_per_epoch must be a whole number >= 1\. Received"):
             GeneratorDataset(iter([]), steps)
 
     def test_float_steps_from_ceil_are_accepted(self):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kseq.batching import ClassWeights, describe
+from kseq.batching import ClassWeights, summarize
 from kseq.errors import StructureError
 from kseq.structure import ModelStructure, TensorSpec, check_same_routing
 from kseq.validation import CheckReport, check_batch
@@ -110,7 +110,7 @@ class BatchNormaliser:
                 return (item[0], item[1])
             return tuple(item)
         msg = (
-            f"At {where}: the generator yielded {describe(item)[:200]}. Expected a tuple (x, y) or "
+            f"At {where}: the generator yielded {summarize(item)[:200]}. Expected a tuple (x, y) or "
             "(x, y, sample_weight), as Keras 2's fit_generator did. Yield (inputs, targets); for several "
             "inputs, inputs may be a list in the order of model.inputs or a dict by input name."
         )
@@ -212,7 +212,7 @@ def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where:
             return {names[0]: part[0] if len(part) == 1 and hasattr(part[0], "shape") else np.asarray(part)}
         if len(part) != len(names):
             msg = (
-                f"At {where}: {role} is a list of {len(part)} arrays {describe(list(part))[:200]}, but the model "
+                f"At {where}: {role} is a list of {len(part)} arrays {summarize(list(part))[:200]}, but the model "
                 f"has {len(names)} {kind}s {names}. Expected one array per model {kind}, in the order of "
                 f"model.{kind}s, or a dict {{{', '.join(repr(n) + ': ...' for n in names)}}}."
             )
@@ -220,7 +220,7 @@ def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where:
         return dict(zip(names, part, strict=True))
     if len(names) != 1:
         msg = (
-            f"At {where}: {role} is one array {describe(part)}, but the model has {len(names)} {kind}s {names}. "
+            f"At {where}: {role} is one array {summarize(part)}, but the model has {len(names)} {kind}s {names}. "
             f"Yield a list in the order of model.{kind}s, or a dict {{{', '.join(repr(n) + ': ...' for n in names)}}}."
         )
         raise StructureError(msg)

@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import keras
-import numpy as np
 
 from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
 from kseq.legacy.stream import Stream
 from kseq.validation import CheckReport
+from kseq.validators import batch_index, integer, whole_number
 
 __all__ = ["EpochMarker", "GeneratorDataset", "check_steps"]
 
@@ -98,8 +98,9 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
                 "For a keras.utils.Sequence use kseq.legacy.SequenceAdapter."
             )
             raise StructureError(msg)
-        super().__init__(workers=_check_count(workers, "workers", 0), use_multiprocessing=False,
-                         max_queue_size=_check_count(max_queue_size, "max_queue_size", 1))
+        workers = integer(workers, "workers", minimum=0)
+        super().__init__(workers=workers, use_multiprocessing=False,
+                         max_queue_size=integer(max_queue_size, "max_queue_size", minimum=1))
         steps = check_steps(steps_per_epoch, "steps_per_epoch")
         threads = workers > 1
         self._stream = Stream(generator, steps=steps, replay=0 if threads else REPLAY, slack=workers if threads else 0)
@@ -151,9 +152,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
                 f"Received epoch={epoch}. For random access by epoch, use a kseq.Dataset."
             )
             raise StructureError(msg)
-        if isinstance(index, bool) or not 0 <= int(index) < len(self):
-            msg = f"Batch index {index!r} is out of range: this dataset has {len(self)} batches (steps_per_epoch)."
-            raise IndexError(msg)
+        index = batch_index(index, len(self), fix="Its length is steps_per_epoch.")
         try:
             where, raw = self._raw_batch(int(index))
             return self._normaliser.name(raw, where=where)
@@ -252,17 +251,5 @@ class EpochMarker(keras.callbacks.Callback):
 
 
 def check_steps(steps: object, argument: str) -> int:
-    """A positive whole number of batches (``np.ceil(n / b)`` is accepted), or a StructureError that says so."""
-    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1:
-        return int(steps)
-    if isinstance(steps, (float, np.floating)) and steps >= 1 and float(steps).is_integer():
-        return int(steps)
-    msg = f"{argument} must be a positive whole number of batches. Received {argument}={steps!r}."
-    raise StructureError(msg)
-
-
-def _check_count(value: object, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"{argument} must be an integer >= {minimum}. Received {argument}={value!r}."
-        raise StructureError(msg)
-    return int(value)
+    """A whole number of batches >= 1 (``np.ceil(n / b)`` is accepted): :func:`kseq.validators.whole_number`."""
+    return whole_number(steps, argument, fix="It counts batches.")

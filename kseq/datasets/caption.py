@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from kseq.batching import pack
+from kseq.batching import as_batch
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.caption import CaptionSampler
@@ -201,11 +201,11 @@ class CaptionDataset(Dataset):
         }
         y = {self.output_name: tokens[:, 1:]}
         if self.weighting is None:
-            return pack(x, y)
+            return as_batch(x, y)
         weights = real.astype(np.float32)
         if self.weighting == "mean":
             weights *= np.float32(real.size / max(int(steps.sum()), 1))
-        return pack(x, y, {self.output_name: weights})
+        return as_batch(x, y, {self.output_name: weights})
 
     def batch_width(self, index: int, epoch: int | None = None) -> int:
         """The time dimension ``T`` of batch ``index`` of ``epoch``, read from lengths only."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kseq.batching import ClassWeights, pack
+from kseq.batching import ClassWeights, as_batch
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.sources import Source
@@ -73,13 +73,13 @@ class MultiInputDataset(Dataset):
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         x = {name: rows[f] for name, f in self.inputs.items()}
         if self.targets is None:
-            return pack(x)
+            return as_batch(x)
         y = {name: rows[f] for name, f in self.targets.items()}
         weights = self._weights(rows, y)
         if self._single_target:
             (name,) = y
-            return pack(x, y[name], None if weights is None else weights[name])
-        return pack(x, y, weights)
+            return as_batch(x, y[name], None if weights is None else weights[name])
+        return as_batch(x, y, weights)
 
     def _weights(self, rows: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         if not self.sample_weights and not self.class_weights:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kseq.batching import pack
+from kseq.batching import as_batch
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.pairs import Balance, ClassIndex, PairSampler, Singletons, TripletSampler, check_fraction
@@ -192,7 +192,7 @@ class SiamesePairDataset(_ClassTupleDataset):
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         same = self.labels_of(rows, 0) == self.labels_of(rows, 1)
         y = np.where(same, self.same_label, 1 - self.same_label).astype(np.float32)
-        return pack(self.inputs_of(rows), y if self.target_name is None else {self.target_name: y})
+        return as_batch(self.inputs_of(rows), y if self.target_name is None else {self.target_name: y})
 
 
 class TripletDataset(_ClassTupleDataset):
@@ -256,9 +256,9 @@ class TripletDataset(_ClassTupleDataset):
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         x = self.inputs_of(rows)
         if self.targets is None:
-            return pack(x)
+            return as_batch(x)
         anchors = self.labels_of(rows, 0)
-        return pack(x, np.zeros(len(anchors), np.float32) if self.targets == "zeros" else anchors)
+        return as_batch(x, np.zeros(len(anchors), np.float32) if self.targets == "zeros" else anchors)
 
 
 def _check_label_field(label: object, source: Source) -> str:

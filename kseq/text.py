@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kseq.errors import StructureError
+from kseq.validators import integer
 
 __all__ = ["TokenTable", "Vocabulary", "standardize", "tokenize"]
 
@@ -96,6 +97,8 @@ class Vocabulary:
             min_count: drop words seen fewer times.
             **markers: ``start=``, ``end=``, ``oov=`` as for the constructor.
         """
+        max_words = integer(max_words, "max_words", minimum=0, optional=True)
+        min_count = integer(min_count, "min_count", minimum=1)
         counts = Counter(w for text in _flatten_texts(texts) for w in standardize(text))
         ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         return cls(ranked[:max_words], **markers)
@@ -182,7 +185,7 @@ class TokenTable:
     """
 
     def __init__(self, sequences: Sequence[Sequence[int]] | np.ndarray, *, pad_value: int = 0) -> None:
-        self.pad_value = int(pad_value)
+        self.pad_value = integer(pad_value, "pad_value")
         flat, offsets = _flat(sequences)
         self.tokens = _as_int32(flat)
         self.offsets = offsets

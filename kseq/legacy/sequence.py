@@ -9,6 +9,7 @@ import keras
 
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
+from kseq.validators import integer
 
 __all__ = ["SequenceAdapter"]
 
@@ -65,7 +66,8 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         if len(sequence) < 1:
             msg = f"The sequence {type(sequence).__name__} has no batches (len() == 0)."
             raise StructureError(msg)
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        super().__init__(workers=integer(workers, "workers", minimum=0), use_multiprocessing=use_multiprocessing,
+                         max_queue_size=integer(max_queue_size, "max_queue_size", minimum=1))
         self.sequence = sequence
         self._class_weight = class_weight
         self._x_only = bool(x_only)

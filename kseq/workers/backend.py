@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from kseq.validators import is_integer
+
 __all__ = ["Backend", "Done", "Key", "in_window", "reseed_globals"]
 
 Key = tuple[int, int]  # (epoch, batch index)
@@ -63,7 +65,7 @@ def reseed_globals(seed: object, epoch: int, index: int) -> None:
     other's draws across forked workers, and draw the same values whatever the
     worker count. kseq's own code never uses the global generators.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_integer(seed):
         seed = 0
     state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(4)
     np.random.seed(state)

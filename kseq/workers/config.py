@@ -8,8 +8,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from kseq.errors import StructureError
-from kseq.validators import integer
+from kseq.validators import integer, one_of
 
 __all__ = ["Mode", "WorkerConfig", "default_start_method"]
 
@@ -65,12 +64,8 @@ class WorkerConfig:
         object.__setattr__(self, "max_queue_size", integer(self.max_queue_size, "max_queue_size", minimum=1))
         object.__setattr__(self, "use_multiprocessing", bool(self.use_multiprocessing))
         available = multiprocessing.get_all_start_methods()
-        if self.start_method is not None and self.start_method not in available:
-            msg = (
-                f"start_method must be one of {available} on this platform, or None for the default. "
-                f"Received start_method={self.start_method!r}."
-            )
-            raise StructureError(msg)
+        fix = "Those are this platform's start methods; None picks its default."
+        one_of(self.start_method, "start_method", [*available, None], fix=fix)
         if self.start_method is not None and self.mode != "processes":
             warnings.warn(
                 f"start_method={self.start_method!r} is ignored: batches are computed {self.mode}. "

@@ -65,8 +65,7 @@ def reseed_globals(seed: object, epoch: int, index: int) -> None:
     other's draws across forked workers, and draw the same values whatever the
     worker count. kseq's own code never uses the global generators.
     """
-    if not is_integer(seed):
-        seed = 0
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(4)
+    root = int(seed) if is_integer(seed) else 0  # type: ignore[call-overload]
+    state = np.random.SeedSequence([root, int(epoch), int(index)]).generate_state(4)
     np.random.seed(state)
     random.seed(int.from_bytes(state.tobytes(), "little"))

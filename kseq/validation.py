@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kseq.batching import describe
+from kseq.batching import summarize
 from kseq.errors import StructureError
 from kseq.structure import ModelStructure, TensorSpec
 
@@ -87,7 +87,7 @@ def check(model: Any, dataset: Any, *, verbose: bool = True) -> CheckReport:
 def check_batch(structure: ModelStructure, batch: Any) -> CheckReport:
     """Compare one named batch with a model structure; see :func:`check`."""
     if not isinstance(batch, tuple) or not 1 <= len(batch) <= 3:
-        msg = f"Expected a batch (x,), (x, y) or (x, y, sample_weight). Received {describe(batch)}."
+        msg = f"Expected a batch (x,), (x, y) or (x, y, sample_weight). Received {summarize(batch)}."
         raise StructureError(msg)
     report = CheckReport(structure)
     x = batch[0]
@@ -110,7 +110,7 @@ def _check_names(role: str, names: list[str], part: Any, argument: str) -> None:
         if len(part) != len(names):
             msg = (
                 f"The model has {len(names)} {role}s {names}, but the batch gives {len(part)} arrays in a "
-                f"{type(part).__name__} {describe(part)}. "
+                f"{type(part).__name__} {summarize(part)}. "
                 f"Give one array per {role}, in the model's order, or name them."
             )
             raise StructureError(msg)
@@ -119,7 +119,7 @@ def _check_names(role: str, names: list[str], part: Any, argument: str) -> None:
         if len(names) != 1:
             msg = (
                 f"The model has {len(names)} {role}s {names}, but the batch gives one unnamed array "
-                f"{describe(part)}. Name them: pass {argument}={{{', '.join(repr(n) + ': ...' for n in names)}}} "
+                f"{summarize(part)}. Name them: pass {argument}={{{', '.join(repr(n) + ': ...' for n in names)}}} "
                 "to a kseq dataset, or return a dict or a tuple in the model's order."
             )
             raise StructureError(msg)

@@ -284,9 +284,12 @@ class Dataset(PyDatasetBase):
         # some samples are seen twice, others not at all. Deferring the epoch change to the end of the
         # stream would keep coverage, but would also move the epoch at times neither Keras nor a manual
         # on_epoch_end() call expects, so kseq keeps "one on_epoch_end, one epoch" and warns once.
-        # Keras 3.15 on TF reads batches 0 and 1 for its signature and then ends an epoch before
-        # training: an end after batches 0 and 1 alone is not warned about.
-        if self._warned_partial or not self._served or max(self._served) < 2 or len(self._served) >= len(self):
+        # Keras 3.15 peeks before training and then ends an epoch: on TF it reads batches 0 and 1 for
+        # its signature, on PyTorch one batch (at a shuffled index) for the symbolic build. An end after
+        # {0, 1} or a single batch is taken for such a peek and not warned about (a genuine
+        # fit(steps_per_epoch=1) is not warned about either).
+        peek = len(self._served) == 1 or self._served == {0, 1}
+        if self._warned_partial or not self._served or peek or len(self._served) >= len(self):
             return
         self._warned_partial = True
         warnings.warn(

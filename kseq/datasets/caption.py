@@ -58,8 +58,8 @@ class CaptionDataset(Dataset):
     without its last token, ``decoder_output`` without its first, both post-padded with
     ``pad_value`` to the batch's longest caption, and the weights are zero on padding.
     See NOTE [ variable-length batches and the TF signature ] for ``T`` on TF and JAX.
-    Call ``ds.check(model)`` before ``fit`` for a model built from lists or one output:
-    Keras 3 rejects a target dict there.
+    A model built from lists or with one output takes no target dict in Keras 3: train it
+    on ``ds.for_model(model)``, which puts each batch in that model's order.
 
     Args:
         features: one row per image: an array or ``np.memmap``; or a Source (a dict of

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kseq.samplers.base import EpochCache, check_batch_index, check_batch_size, epoch_rng, num_batches
+from kseq.samplers.base import EpochCache, check_batch_size, epoch_rng, num_batches
+from kseq.validators import batch_index
 
 __all__ = ["CaptionSampler"]
 
@@ -56,7 +57,7 @@ class CaptionSampler:
         return self._cache.get(epoch, self._make)
 
     def indices(self, epoch: int, batch: int) -> np.ndarray:
-        start = check_batch_index(batch, self._len) * self.batch_size
+        start = batch_index(batch, self._len) * self.batch_size
         return self.order(epoch)[start : start + self.batch_size]
 
     def _make(self, epoch: int) -> np.ndarray:

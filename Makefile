@@ -4,20 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax lint bench clean
+.PHONY: demo test test-tf test-jax test-torch lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.cfg setup.py
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,torch]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m kseq demo
 
-test: $(STAMP) lint test-tf test-jax
+test: $(STAMP) lint test-tf test-jax test-torch
 
 lint: $(STAMP)
 	$(PY) -m ruff check kseq tests benchmarks
@@ -29,8 +29,11 @@ test-tf: $(STAMP)
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m portable tests
 
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m portable tests
+
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[test,torch,bench]"
 	$(PY) -m benchmarks.run
 
 clean:

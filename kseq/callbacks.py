@@ -17,6 +17,7 @@ import numpy as np
 from kseq.errors import StructureError
 from kseq.jax_states import track_layer_states, track_states
 from kseq.states import StatefulLayers, stateful_layers
+from kseq.torch_states import use_generic_rnn_path
 from kseq.validation import check_stateful_rows, check_step_count, check_steps_per_execution
 
 __all__ = ["ResetStates", "check_stateful_model", "stateful_layers", "track_states"]
@@ -42,7 +43,8 @@ class ResetStates(keras.callbacks.Callback):
     All rows are reset before every epoch, after every epoch, and before ``evaluate`` and
     ``predict`` (also the validation run inside ``fit``). On JAX it also makes the state
     carry from batch to batch, which Keras 3.15 does not do there (see
-    NOTE [ stateful RNNs on JAX in Keras 3.15 ] and :func:`track_states`). Given a dataset with a
+    NOTE [ stateful RNNs on JAX in Keras 3.15 ] and :func:`track_states`); on PyTorch it lets
+    stateful LSTM and GRU layers train (NOTE [ stateful LSTM/GRU on PyTorch in Keras 3.15 ]). Given a dataset with a
     ``starts(batch)`` method, such as a
     :class:`~kseq.datasets.stateful.StatefulSequenceDataset`, it also resets, before each
     batch, the rows where a new sequence begins, and only those; see
@@ -171,6 +173,7 @@ class ResetStates(keras.callbacks.Callback):
     def _find(self, model: Any) -> StatefulLayers:
         self._stateful = StatefulLayers(model)
         track_layer_states(self._stateful.layers)
+        use_generic_rnn_path(self._stateful.layers)  # NOTE [ stateful LSTM/GRU on PyTorch in Keras 3.15 ]
         return self._stateful
 
     def _synced(self) -> StatefulLayers:

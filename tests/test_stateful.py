@@ -17,6 +17,7 @@ from kseq.callbacks import ResetStates, check_stateful_model, stateful_layers, t
 from kseq.datasets.stateful import StatefulSequenceDataset
 from kseq.samplers.streams import StreamSampler, stream_layout
 from kseq.states import StatefulLayers
+from kseq.torch_states import has_fused_path_bug
 from kseq.validation import check_stateful_rows, check_step_count, check_steps_per_execution
 
 layouts = st.fixed_dictionaries(
@@ -350,6 +351,7 @@ class TestResetStates:
         assert report.adaptations == []
 
     def test_steps_per_execution_with_mid_epoch_resets_is_refused(self):
+        skip_where_keras_refuses_steps_per_execution()
         ds = StatefulSequenceDataset([np.arange(9.0), np.arange(4.0)], batch_size=1, timesteps=2)
         model = seq2seq(ds.keras_input(), stateful=True)
         model.compile("sgd", "mse", steps_per_execution=2)
@@ -483,6 +485,7 @@ class TestStreamChecks:
         check_stateful_rows({"lstm": 2, "input 0": 2}, 2)
 
     def test_steps_per_execution(self):
+        skip_where_keras_refuses_steps_per_execution()
         ds = StatefulSequenceDataset([np.arange(9.0), np.arange(4.0)], batch_size=1, timesteps=2)
         model = seq2seq(ds.keras_input(), stateful=True)
         model.compile("sgd", "mse", steps_per_execution=2)
@@ -547,3 +550,30 @@ class TestStatefulFit:
         model.compile("sgd", "mse")
         with raised_while_fed(StructureError, r"shuffle=False"):
             model.fit(ds, epochs=2, callbacks=[ResetStates(ds)], verbose=0)
+
+
+def skip_where_keras_refuses_steps_per_execution():
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras refuses steps_per_execution > 1 on PyTorch itself ('must be 1 with the PyTorch backend')")
+
+
+@pytest.mark.portable
+class TestPyTorchFusedPath:
+    """NOTE [ stateful LSTM/GRU on PyTorch in Keras 3.15 ]: the generic path on torch, nothing changed elsewhere."""
+
+    @pytest.mark.parametrize("layer", [keras.layers.LSTM, keras.layers.GRU])
+    def test_resetstates_trains_a_stateful_lstm_or_gru_on_every_backend(self, layer):
+        ds = StatefulSequenceDataset(np.sin(np.arange(200.0) / 5), batch_size=2, timesteps=5)
+        rnn = layer(4, stateful=True, return_sequences=True)
+        model = keras.Sequential([ds.keras_input(), rnn, keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.02), "mse")
+        history = model.fit(ds, epochs=4, shuffle=False, callbacks=[ResetStates(ds)], verbose=0)
+        assert history.history["loss"][-1] < history.history["loss"][0]
+        assert rnn.use_cudnn is (False if has_fused_path_bug() else "auto")
+
+    def test_the_bug_is_keyed_on_backend_and_version(self):
+        assert has_fused_path_bug("3.15.1", "torch")
+        assert has_fused_path_bug("3.15.0rc1", "torch")
+        assert not has_fused_path_bug("3.15.2", "torch")
+        assert not has_fused_path_bug("3.16.0.dev2026", "torch")
+        assert not has_fused_path_bug("3.15.1", "tensorflow")

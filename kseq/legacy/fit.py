@@ -34,6 +34,7 @@ from kseq.legacy.batches import BatchNormaliser
 from kseq.legacy.generator import EpochMarker, GeneratorDataset, check_steps
 from kseq.legacy.sequence import SequenceAdapter
 from kseq.structure import ModelStructure
+from kseq.torch_states import use_generic_rnn_path
 
 __all__ = ["evaluate_generator", "fit_generator", "predict_generator"]
 
@@ -126,6 +127,7 @@ def fit_generator(
     if isinstance(train, GeneratorDataset):
         train.set_epoch(initial_epoch)
     track_states(model)  # Keras 2 carried a stateful RNN's state from batch to batch; Keras 3.15 on JAX does not
+    use_generic_rnn_path(stateful_layers(model))  # NOTE [ stateful LSTM/GRU on PyTorch in Keras 3.15 ]
     fit_args: dict[str, Any] = {}
     datasets = [train]
     if validation_data is not None:

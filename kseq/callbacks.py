@@ -191,7 +191,8 @@ class ResetStates(keras.callbacks.Callback):
     def _check_model(self, dataset: Any, call: str) -> None:
         if dataset is None:
             return
-        check_stateful_model(self.model, dataset.batch_size, layers=self._synced())
+        rows = getattr(dataset, "local_batch_size", dataset.batch_size)  # a shard of streams: its own count
+        check_stateful_model(self.model, rows, layers=self._synced())
         check_steps_per_execution(int(getattr(self.model, "steps_per_execution", 1) or 1), dataset, call)
 
 

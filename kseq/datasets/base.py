@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kseq.datasets._pydataset import PyDatasetBase
+from kseq.datasets.state import check_state, fingerprint, state_dict
 from kseq.datasets.view import ModelView
 from kseq.errors import StructureError
 from kseq.samplers import (
@@ -35,6 +36,7 @@ from kseq.samplers import (
     check_batch_size,
     draw_seed,
 )
+from kseq.samplers.shard import Shard, pad_batch, resolve_shard
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.validation import CheckReport, check
@@ -71,6 +73,9 @@ class Dataset(PyDatasetBase):
         drop_remainder: leave out the last partial batch of each epoch.
         workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``, but
             served by kseq's own persistent pool (see below); Keras sees an inline dataset.
+        shard: ``None`` (one process), ``(index, count)`` or ``"auto"`` (from ``jax.distributed``,
+            ``torch.distributed`` or ``TF_CONFIG``): this process's slice of every global batch of
+            ``batch_size`` rows; see NOTE [ shards of a global batch ] in :mod:`kseq.samplers.shard`.
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"`` for worker processes;
             ``None``: ``fork`` where available (``forkserver`` under the JAX backend).
 
@@ -107,6 +112,7 @@ class Dataset(PyDatasetBase):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         start_method: str | None = None,
+        shard: Shard | tuple[int, int] | Literal["auto"] | None = None,
     ) -> None:
         # Keras iterates inline and never starts its own pool; kseq runs its own (NOTE in kseq/workers/loader.py).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
@@ -120,7 +126,11 @@ class Dataset(PyDatasetBase):
         self.shuffle = _check_shuffle(shuffle)
         self.seed = draw_seed() if seed is None else check_seed(seed, "seed")
         self.drop_remainder = bool(drop_remainder)
+        self.shard = resolve_shard(shard)
+        self.shard.check_batch_size(self.batch_size)
         self.epoch = 0
+        self.position = 0  # the next batch of this epoch: one past the last served (NOTE [ dataset state ])
+        self._fingerprint: dict[str, Any] | None = None
         self._served: set[int] = set()  # batch indices served by __getitem__ this epoch
         self._warned_partial = False
         self._sampler: Sampler | None = None
@@ -192,6 +202,7 @@ class Dataset(PyDatasetBase):
         else:
             batch = self._loader.get(self, self.epoch, batch_index(index, len(self)), len(self))
         self._served.add(int(index))
+        self.position = int(index) + 1
         # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
         return batch if (structure := getattr(self, "_structure", None)) is None else structure.adapt(batch)
 
@@ -200,6 +211,7 @@ class Dataset(PyDatasetBase):
         self._warn_partial_epoch()
         self._served = set()
         self.epoch += 1
+        self.position = 0
         if self._loader is not None:
             self._loader.set_epoch(self.epoch)
 
@@ -224,12 +236,55 @@ class Dataset(PyDatasetBase):
     # -- kseq API --------------------------------------------------------------
 
     def get_batch(self, index: int, epoch: int | None = None) -> tuple:
-        """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model."""
+        """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model.
+
+        ``build_batch(read_rows(indices))`` for this process's rows of the global batch
+        (all of them without a shard); a short shard of the last global batch is padded
+        (NOTE [ shards of a global batch ]).
+        """
         epoch = self.epoch if epoch is None else int(epoch)
         index = batch_index(index, len(self))
+        global_rows = self.sampler.indices(epoch, index)
+        rows = self.shard.take(global_rows, self.batch_size)
+        short = len(rows) < self.local_batch_size and not self.shard.single
         with batch_context(epoch, index):
-            batch = self.build_batch(self.read_rows(self.sampler.indices(epoch, index)))
-        return _as_batch_tuple(batch, type(self).__name__)
+            batch = self.build_batch(self.read_rows(rows if len(rows) or not short else global_rows[:1]))
+        batch = _as_batch_tuple(batch, type(self).__name__)
+        if short:
+            batch = pad_batch(batch, self.local_batch_size, len(rows), self.batch_size / len(global_rows))
+        return batch
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows in each of this process's batches: ``batch_size`` over the shard's process count."""
+        return self.shard.rows_per_batch(self.batch_size)
+
+    def get_state(self) -> dict[str, Any]:
+        """Where this dataset is, as a small JSON-serialisable dict (NOTE [ dataset state ]).
+
+        The epoch, the next batch (:attr:`position`: one past the last batch served), the
+        seed, and a fingerprint of what defines the order. Independent of workers and shard.
+
+        Example:
+            >>> import json, numpy as np
+            >>> ds = Dataset({"x": np.arange(10)}, batch_size=4, seed=3)
+            >>> _ = ds[0]; saved = json.dumps(ds.get_state())
+            >>> again = Dataset({"x": np.arange(10)}, batch_size=4, seed=3)
+            >>> again.set_state(json.loads(saved))
+            >>> again.position, np.array_equal(again[1][0]["x"], ds[1][0]["x"])
+            (1, True)
+        """
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self)
+        return state_dict(self, self.epoch, self.position, self._fingerprint, self.shard)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Put this dataset at ``state``'s epoch and batch; a state of another dataset raises :class:`KseqError`."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self)
+        epoch, batch = check_state(state, self, self._fingerprint)
+        self.set_epoch(epoch)
+        self.position = batch
 
     def batch_position(self) -> tuple[int, int]:
         """``(epoch, index)`` of the batch being built, inside :meth:`read_rows` or :meth:`build_batch`.
@@ -273,6 +328,7 @@ class Dataset(PyDatasetBase):
         """Jump to ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""
         self.epoch = int(epoch)
         self._served = set()
+        self.position = 0
         if self._loader is not None:
             self._loader.set_epoch(self.epoch)
 
@@ -339,7 +395,9 @@ class Dataset(PyDatasetBase):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self.source)} rows, batch_size={self.batch_size}, "
-            f"{len(self)} batches, shuffle={self.shuffle}, seed={self.seed}, epoch={self.epoch})"
+            f"{len(self)} batches, shuffle={self.shuffle}, seed={self.seed}, epoch={self.epoch}"
+            + ("" if self.shard.single else f", shard {self.shard.index} of {self.shard.count}")
+            + ")"
         )
 
 

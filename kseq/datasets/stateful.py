@@ -67,7 +67,9 @@ class StatefulSequenceDataset(Dataset):
             of an HDF5 file (its datasets are the fields), or any :class:`~kseq.sources.Source`
             (an :class:`~kseq.sources.HDF5Source` of some datasets, say). Every series must
             have the same fields.
-        batch_size: rows per batch, the number of parallel streams (the model's batch size).
+        batch_size: rows per batch, the number of parallel streams (the model's batch size). With a
+            ``shard`` over ``n`` processes it is the global count: each process gets ``batch_size / n``
+            whole streams, and its model takes that many rows (:meth:`keras_input` says so).
         timesteps: steps per window: the length of truncated backpropagation.
         inputs: the field(s) that make x, concatenated on the last axis (default: all).
         targets: the field(s) that make y; ``None`` predicts x itself, ``target_offset``
@@ -122,6 +124,7 @@ class StatefulSequenceDataset(Dataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         start_method: str | None = None,
+        shard: Any = None,
     ) -> None:
         _refuse_shuffle(shuffle)
         self.timesteps = integer(timesteps, "timesteps", minimum=1)
@@ -147,6 +150,7 @@ class StatefulSequenceDataset(Dataset):
             use_multiprocessing=use_multiprocessing,
             max_queue_size=max_queue_size,
             start_method=start_method,
+            shard=shard,
         )
         self.build_own_sampler(StatefulSequenceDataset)
 
@@ -195,7 +199,7 @@ class StatefulSequenceDataset(Dataset):
         """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows."""
         from kseq.callbacks import check_stateful_model  # kseq.callbacks imports Keras
 
-        check_stateful_model(model, self.batch_size)
+        check_stateful_model(model, self.local_batch_size)
         return super().check(model, verbose=verbose)
 
     # -- the stateful API -------------------------------------------------------
@@ -210,7 +214,7 @@ class StatefulSequenceDataset(Dataset):
 
         The state of those rows must be reset before the batch; at batch 0 every row starts.
         """
-        return self.sampler.starts(batch_index(index, len(self)))
+        return self.shard.take(self.sampler.starts(batch_index(index, len(self))), self.batch_size)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -227,7 +231,8 @@ class StatefulSequenceDataset(Dataset):
         steps = None if open_time_axis else self.timesteps
         common = np.result_type(*[self.source.fields[n][1] for n in self.inputs])
         dtype = keras.config.floatx() if common.kind == "f" else str(common)
-        return keras.Input(batch_shape=(self.batch_size, steps, *self.feature_shape), dtype=dtype, name=name)
+        shape = (self.local_batch_size, steps, *self.feature_shape)
+        return keras.Input(batch_shape=shape, dtype=dtype, name=name)
 
     def like(self, series: Any, **changes: Any) -> StatefulSequenceDataset:
         """A dataset over other series with these settings (validation data, a test period).
@@ -247,6 +252,7 @@ class StatefulSequenceDataset(Dataset):
             "use_multiprocessing": pool.use_multiprocessing,
             "max_queue_size": pool.max_queue_size,
             "start_method": pool.start_method,
+            "shard": self.shard,
         }
         return StatefulSequenceDataset(series, **{**settings, **changes})
 
@@ -261,6 +267,13 @@ class StatefulSequenceDataset(Dataset):
             that is the prediction of the target at ``t + target_offset``; a list when
             ``series`` was a list.
         """
+        if not self.shard.single:
+            msg = (
+                f"to_series needs the predictions of every stream, and this dataset is shard {self.shard.index} of "
+                f"{self.shard.count}. Expected an unsharded dataset: predict on ds.like(series, shard=None) in one "
+                "process."
+            )
+            raise StructureError(msg)
         values = np.asarray(predictions)
         expected = (len(self) * self.batch_size, self.timesteps)
         if values.shape[:2] != expected:

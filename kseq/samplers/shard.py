@@ -1,0 +1,178 @@
+"""Shard: one process's slice of every global batch.
+
+# NOTE [ shards of a global batch ]
+``batch_size`` stays the global batch size ``B``. Process ``p`` of ``n`` takes rows
+``[p * B/n, (p + 1) * B/n)`` of every global batch (the first axis of the sampler's
+indices: rows, pairs, or streams), so the union of the processes' batch ``k`` is exactly
+batch ``k`` of the unsharded dataset, and ``n`` processes train on the global batches of
+one. Each process reads only its own rows.
+
+Every process has ``len(ds)`` batches of ``B/n`` rows in every epoch: a collective
+waits for the slowest process forever, so no process may have one batch less or one row
+fewer. A last global batch of ``B' < B`` rows (``drop_remainder=False``) therefore gives
+some processes fewer real rows than ``B/n``, or none. Their batch is padded to ``B/n``
+rows with sample weight 0, never with a duplicated sample that counts. With Keras's
+default ``sum_over_batch_size`` loss, a padded global batch would weigh ``B'/B`` of the
+unsharded one (the padding rows still count in the denominator), so the real rows of a
+padded global batch are weighted ``B/B'``: the mean over processes of their losses is
+then the loss of the unsharded last batch. A process with no real row in that batch
+reads one row of the global batch (another process's) to give its padding a shape; it
+weighs 0. ``drop_remainder=True`` leaves the last global batch out instead, on every
+process alike. ``B`` must be a multiple of ``n``: refused at construction otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kseq.errors import StructureError
+from kseq.validators import integer
+
+__all__ = ["Shard", "pad_batch", "resolve_shard"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process ``index`` of ``count``: a slice of every global batch (NOTE [ shards of a global batch ]).
+
+    Example:
+        >>> shard = Shard(1, 2)
+        >>> global_batch = np.arange(10, 18)
+        >>> shard.rows_per_batch(8), shard.take(global_batch, 8).tolist()
+        (4, [14, 15, 16, 17])
+        >>> shard.take(np.arange(10, 15), 8).tolist()  # a short last batch: rows 4.. of 5
+        [14]
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        count = integer(self.count, "shard count", minimum=1)
+        index = integer(self.index, "shard index", minimum=0, maximum=count - 1)
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "index", index)
+
+    @property
+    def single(self) -> bool:
+        return self.count == 1
+
+    def rows_per_batch(self, batch_size: int) -> int:
+        """``B / n``: every process's batch size."""
+        return batch_size // self.count
+
+    def take(self, indices: np.ndarray, batch_size: int) -> np.ndarray:
+        """This process's rows of one global batch (fewer than ``B/n``, or none, in a short last batch)."""
+        if self.single:
+            return indices
+        b = self.rows_per_batch(batch_size)
+        return indices[self.index * b : (self.index + 1) * b]
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.count:
+            lower, upper = batch_size // self.count * self.count, -(-batch_size // self.count) * self.count
+            msg = (
+                f"batch_size is the global batch size and must be a multiple of the process count: each of the "
+                f"{self.count} processes takes batch_size/{self.count} rows of every global batch. Received "
+                f"batch_size={batch_size}. Pass batch_size={upper} (or {max(lower, self.count)})."
+            )
+            raise StructureError(msg)
+
+
+def resolve_shard(shard: Any) -> Shard:
+    """``None`` -> one process; ``(index, count)`` or a :class:`Shard` as given; ``"auto"`` from the running engine.
+
+    ``"auto"`` asks, without importing anything: JAX (``jax.process_index()`` and
+    ``jax.process_count()``, after ``jax.distributed.initialize``), PyTorch
+    (``torch.distributed`` when initialised), TensorFlow (``TF_CONFIG``'s task among its
+    workers); one process otherwise. Call it after the engine is initialised.
+    """
+    if shard is None:
+        return Shard(0, 1)
+    if isinstance(shard, Shard):
+        return shard
+    if isinstance(shard, str) and shard == "auto":
+        return _from_engine()
+    if isinstance(shard, (tuple, list)) and len(shard) == 2:
+        return Shard(*shard)
+    msg = (
+        'shard must be None (one process), "auto" (from jax.distributed, torch.distributed or TF_CONFIG), or '
+        f"(process index, process count). Received shard={shard!r}."
+    )
+    raise StructureError(msg)
+
+
+def _from_engine() -> Shard:
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_count() > 1:
+        return Shard(jax.process_index(), jax.process_count())
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None) if torch is not None else None
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return _from_tf_config(os.environ.get("TF_CONFIG"))
+
+
+def _from_tf_config(config: str | None) -> Shard:
+    if not config:
+        return Shard(0, 1)
+    try:
+        parsed = json.loads(config)
+        workers = len(parsed.get("cluster", {}).get("worker", [])) + len(parsed.get("cluster", {}).get("chief", []))
+        task = parsed.get("task", {})
+        index = int(task.get("index", 0)) + (
+            len(parsed["cluster"].get("chief", [])) if task.get("type") == "worker" else 0
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        msg = f"TF_CONFIG is not the JSON that tf.distribute reads ({e}). Received TF_CONFIG={config[:200]!r}."
+        raise StructureError(msg) from e
+    return Shard(index, workers) if workers > 1 else Shard(0, 1)
+
+
+def pad_batch(batch: tuple, rows: int, real: int, scale: float) -> tuple:
+    """A short shard of the last global batch, padded to ``rows`` (NOTE [ shards of a global batch ]).
+
+    ``batch`` is ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` built from ``real`` rows
+    (or from one borrowed row when ``real`` is 0). Every array keeps its first ``real`` rows
+    and gets zero rows up to ``rows``. The sample weights of the real rows are multiplied by
+    ``scale`` (``B / B'``) and the padding weighs 0; a batch without weights gets them, shaped
+    like its targets (one weight per sample, or per output).
+
+    Example:
+        >>> x, y, w = pad_batch(({"a": np.ones((1, 2))}, np.ones(1)), rows=3, real=1, scale=1.5)
+        >>> x["a"].shape, y.tolist(), w.tolist()
+        ((3, 2), [1.0, 0.0, 0.0], [1.5, 0.0, 0.0])
+    """
+    x, *rest = batch
+    out: list[Any] = [_map(x, lambda a: _pad(a, rows, real))]
+    if not rest:
+        return tuple(out)
+    y = rest[0]
+    out.append(_map(y, lambda a: _pad(a, rows, real)))
+    if len(rest) > 1:
+        weights = _map(rest[1], lambda w: _pad(np.asarray(w, np.float32) * np.float32(scale), rows, real))
+    else:
+        weights = _map(y, lambda _: _pad(np.full(real or 1, scale, np.float32), rows, real))
+    out.append(weights)
+    return tuple(out)
+
+
+def _map(part: Any, fn: Any) -> Any:
+    if isinstance(part, dict):
+        return {k: fn(v) for k, v in part.items()}
+    if isinstance(part, tuple):
+        return tuple(fn(v) for v in part)
+    return fn(part)
+
+
+def _pad(array: Any, rows: int, real: int) -> np.ndarray:
+    array = np.asarray(array)
+    out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    out[:real] = array[:real]
+    return out

@@ -191,6 +191,53 @@ class TestChunkCache:
             reads = src.cache_info()["x"]["misses"] - before
             assert reads == N // 50 if epoch == 0 else N // 50 - 4 <= reads <= N // 50
 
+    def test_a_failed_chunk_read_is_not_cached(self, tmp_path, arrays):
+        """A chunk that fails to decompress raises; once the file is whole again, its rows come back right
+        (the failed block was never registered, so the next read is a miss, not a hit on stale rows)."""
+        path = write(tmp_path / "f.h5", {"x": arrays["x"]}, compression="gzip")
+        with h5py.File(path) as f:
+            chunk = f["x"].id.get_chunk_info(2)  # rows 100-149
+        good = path.read_bytes()[chunk.byte_offset : chunk.byte_offset + chunk.size]
+        src = HDF5Source(path, cache_mb=2 * 50 * 24 / 2**20)  # two blocks: block 2 evicts block 0
+        np.testing.assert_array_equal(src.read([0, 50])["x"], arrays["x"][[0, 50]])
+        stamp = os.stat(path)
+
+        def put(data):  # the same size, inode and mtime: the file-change stamp still matches
+            with path.open("r+b") as fh:
+                fh.seek(chunk.byte_offset)
+                fh.write(data)
+            os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+        put(b"\x00garbage" * (chunk.size // 8) + good[: chunk.size % 8])
+        with pytest.raises(SourceError, match=r"rows 100 to 149"):
+            src.read([120])
+        put(good)
+        np.testing.assert_array_equal(src.read([120, 100, 149])["x"], arrays["x"][[120, 100, 149]])
+        np.testing.assert_array_equal(src.read([50, 0])["x"], arrays["x"][[50, 0]])
+
+    def test_a_failed_load_frees_its_slot(self, tmp_path, arrays):
+        """The cache itself, with a loader function that raises once for block 3: no later block shares a slot
+        with a live one, and every read after the failure returns the file's rows."""
+        from kseq.sources._hdf5_read import _BlockCache
+
+        src = HDF5Source(write(tmp_path / "u.h5", {"x": arrays["x"]}, compression="gzip"))
+        cache = _BlockCache(src._layouts["x"], slots=3)
+        failures = [3]
+
+        def load(layout, start, out):
+            if start // 50 in failures:
+                failures.remove(start // 50)
+                raise OSError(5, "Input/output error")
+            out[...] = arrays["x"][start : start + len(out)]
+
+        for block in (0, 1, 2):
+            cache.gather(np.array([block * 50]), load)
+        with pytest.raises(OSError, match="Input/output error"):
+            cache.gather(np.array([3 * 50 + 7]), load)
+        for rows in ([157, 20], [220, 71, 130], [3, 151], [999, 0, 500]):
+            np.testing.assert_array_equal(cache.gather(np.array(rows), load), arrays["x"][rows])
+        assert cache.info()["blocks"] <= 3
+
     def test_exact_shuffle_is_still_correct_on_chunked_files(self, tmp_path, arrays):
         ds = Dataset(write(tmp_path / "z.h5", arrays, compression="gzip"), batch_size=64, seed=5)
         rows = np.concatenate([ds.get_batch(i)[0]["id"] for i in range(len(ds))])

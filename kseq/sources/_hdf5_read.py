@@ -191,7 +191,8 @@ class _BlockCache:
         self.layout, self.rows, self.n = layout, layout.block_rows, layout.shape[0]
         self.slots = slots
         self.arena: np.ndarray | None = None
-        self._where: OrderedDict[int, int] = OrderedDict()  # block -> slot
+        self._where: OrderedDict[int, int] = OrderedDict()  # block -> slot, of loaded blocks only
+        self._free = list(range(slots - 1, -1, -1))  # slots holding no block; popped from the end: 0 first
         self.hits = self.misses = 0
 
     def gather(self, idx: np.ndarray, load: _Loader) -> np.ndarray:
@@ -218,10 +219,16 @@ class _BlockCache:
             self._where.move_to_end(block)
             return slot
         self.misses += 1
-        slot = self._where.popitem(last=False)[1] if len(self._where) >= self.slots else len(self._where)
+        # A block is registered only once its rows are in the arena: a load that raises (EIO, a changed
+        # file) leaves its slot free, never a "hit" on the evicted block's rows or uninitialised memory.
+        slot = self._free.pop() if self._free else self._where.popitem(last=False)[1]
         start = block * self.rows
+        try:
+            load(self.layout, start, self.arena[slot, : min(self.rows, self.n - start)])  # type: ignore[index]
+        except BaseException:
+            self._free.append(slot)
+            raise
         self._where[block] = slot
-        load(self.layout, start, self.arena[slot, : min(self.rows, self.n - start)])  # type: ignore[index]
         return slot
 
     def info(self) -> dict[str, int]:

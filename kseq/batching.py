@@ -10,6 +10,7 @@ Renamed (the old names still work, with a ``DeprecationWarning`` when read):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,8 +95,19 @@ class ClassWeights:
         self._values = values[order]
 
     def class_ids(self, labels: np.ndarray) -> np.ndarray:
+        """One class id per sample: ``(B,)`` or ``(B, 1)`` ids as they are, ``(B, C)`` rows by argmax."""
         labels = np.asarray(labels)
-        if labels.ndim >= 2 and labels.shape[-1] > 1:
+        per_sample = labels.ndim >= 1 and math.prod(labels.shape[1:]) == 1
+        numeric = labels.dtype.kind in "biuf"
+        if not numeric or (not per_sample and not (labels.ndim == 2 and labels.shape[-1] > 1)):
+            msg = (
+                f"{self.name} needs one class per sample: class ids of shape (n,) or (n, 1), or one-hot / "
+                f"probability rows of shape (n, classes). Received labels of shape {labels.shape} "
+                f"({labels.dtype}). For per-step labels (n, steps, ...) pass sample_weight= with per-step "
+                "weights instead."
+            )
+            raise StructureError(msg)
+        if not per_sample:
             if labels.dtype.kind in "iu" and not _is_one_hot(labels):
                 msg = (
                     f"{self.name} needs one class per sample: class ids of shape (n,) or (n, 1), or one-hot rows. "
@@ -122,8 +134,11 @@ class ClassWeights:
             raise StructureError(msg)
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """Each sample's weight; a class the mapping lacks is refused (never a neighbour's weight)."""
         ids = self.class_ids(labels)
         pos = np.clip(np.searchsorted(self._keys, ids), 0, len(self._keys) - 1)
+        if ids.size and not np.array_equal(self._keys[pos], ids):
+            self.check_covers(labels)  # raises, naming the missing classes
         return self._values[pos]
 
 

@@ -1,4 +1,21 @@
-"""The kseq exception family: each one refines the builtin a caller would already catch."""
+"""The kseq exception family: each one refines the builtin a caller would already catch.
+
+Which one a missing field raises depends on whose mistake it is, and is the same everywhere:
+
+* a *name* the source does not have (``src.read(rows, fields=["nope"])``, ``inputs="nope"``,
+  ``fields=`` of a dataset) is a :class:`StructureError`: the request does not fit the data;
+* a *file* that lacks what it was opened for (``HDF5Source(path, fields="train/nope")``: no such
+  dataset in the file), or that is missing, corrupt or changed, is a :class:`SourceError`.
+
+Example:
+    >>> import numpy as np
+    >>> from kseq.sources import ArraySource
+    >>> try:
+    ...     ArraySource({"x": np.zeros(3)}).read([0], fields=["y"])
+    ... except StructureError as e:
+    ...     print(type(e).__name__, isinstance(e, ValueError))
+    StructureError True
+"""
 
 from __future__ import annotations
 
@@ -12,13 +29,15 @@ class KseqError(Exception):
 class StructureError(KseqError, ValueError):
     """Data and model (or data and configuration) do not fit together.
 
-    The message says what was expected, what was received, and how to fix it.
+    Includes asking a source for a field name it does not have. The message says what was
+    expected, what was received, and how to fix it.
     """
 
 
 class SourceError(KseqError, OSError):
-    """A source cannot be opened or read: missing file, missing field, corrupt file."""
+    """A source cannot be opened or read: a missing, corrupt or changed file, or a file without the
+    dataset a field was opened from (a field *name* a source lacks is a :class:`StructureError`)."""
 
 
 class WorkerError(KseqError, RuntimeError):
-    """A worker process failed: it raised, was killed, or could not be started."""
+    """A worker failed: it raised, died, could not be started, or took longer than ``timeout``."""

@@ -239,20 +239,19 @@ class Dataset(PyDatasetBase):
         """Batch ``index`` of ``epoch`` (default: the current one), named, not adapted to a model.
 
         ``build_batch(read_rows(indices))`` for this process's rows of the global batch
-        (all of them without a shard); a short shard of the last global batch is padded
-        (NOTE [ shards of a global batch ]).
+        (all of them without a shard). A shard's batches carry sample weights, and a short
+        shard of the last global batch is padded (NOTE [ shards of a global batch ]).
         """
         epoch = self.epoch if epoch is None else int(epoch)
         index = batch_index(index, len(self))
         global_rows = self.sampler.indices(epoch, index)
         rows = self.shard.take(global_rows, self.batch_size)
-        short = len(rows) < self.local_batch_size and not self.shard.single
         with batch_context(epoch, index):
-            batch = self.build_batch(self.read_rows(rows if len(rows) or not short else global_rows[:1]))
+            batch = self.build_batch(self.read_rows(rows if len(rows) else global_rows[:1]))
         batch = _as_batch_tuple(batch, type(self).__name__)
-        if short:
-            batch = pad_batch(batch, self.local_batch_size, len(rows), self.batch_size / len(global_rows))
-        return batch
+        if self.shard.single:
+            return batch
+        return pad_batch(batch, self.local_batch_size, len(rows), self.batch_size / len(global_rows))
 
     @property
     def local_batch_size(self) -> int:

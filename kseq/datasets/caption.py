@@ -181,15 +181,21 @@ class CaptionDataset(Dataset):
     def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The captions ``indices`` (caption ids from the sampler) and their images' features.
 
-        Returns ``{"features": (B, *feature_shape), "tokens": (B, T + 1), "steps": (B,)}``: each
-        caption's tokens post-padded to the batch's width ``T`` (:meth:`batch_width`) plus one,
-        and its number of decoder steps (tokens - 1).
+        Returns ``{"features": (B, *feature_shape), "tokens": (B, T + 1), "steps": (B,),
+        "mean_scale": ()}``: each caption's tokens post-padded to the batch's width ``T``
+        (:meth:`batch_width`) plus one, its number of decoder steps (tokens - 1), and the
+        weight of a real token under ``weighting="mean"`` (global batch positions over
+        real tokens).
         """
         epoch, index = self.batch_position()
         steps = self.lengths[indices] - 1
         width = self.batch_width(index, epoch)
         tokens = self.table.gather(self._rows[indices], width=width + 1, lengths=steps + 1)
-        return {"features": self._features(indices), "tokens": tokens, "steps": steps}
+        # "mean" weighting counts the real tokens of the whole global batch (all shards): NOTE [ shards of a
+        # global batch ] in kseq/samplers/shard.py.
+        whole = self.sampler.indices(epoch, index)
+        scale = np.float32(len(whole) * width / max(int((self.lengths[whole] - 1).sum()), 1))
+        return {"features": self._features(indices), "tokens": tokens, "steps": steps, "mean_scale": scale}
 
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         """Teacher forcing: x is the features and the caption but its last token, y the caption but its first."""
@@ -204,7 +210,7 @@ class CaptionDataset(Dataset):
             return as_batch(x, y)
         weights = real.astype(np.float32)
         if self.weighting == "mean":
-            weights *= np.float32(real.size / max(int(steps.sum()), 1))
+            weights *= rows["mean_scale"]
         return as_batch(x, y, {self.output_name: weights})
 
     def batch_width(self, index: int, epoch: int | None = None) -> int:

@@ -14,11 +14,15 @@ some processes fewer real rows than ``B/n``, or none. Their batch is padded to `
 rows with sample weight 0, never with a duplicated sample that counts. With Keras's
 default ``sum_over_batch_size`` loss, a padded global batch would weigh ``B'/B`` of the
 unsharded one (the padding rows still count in the denominator), so the real rows of a
-padded global batch are weighted ``B/B'``: the mean over processes of their losses is
-then the loss of the unsharded last batch. A process with no real row in that batch
-reads one row of the global batch (another process's) to give its padding a shape; it
-weighs 0. ``drop_remainder=True`` leaves the last global batch out instead, on every
-process alike. ``B`` must be a multiple of ``n``: refused at construction otherwise.
+short global batch are weighted ``B/B'`` on every process: the mean over processes of
+their losses is then the loss of the unsharded last batch. A process with no real row in
+that batch reads one row of the global batch (another process's) to give its padding a
+shape; it weighs 0. So that every batch has one structure (TensorFlow fixes it from the
+first two), a sharded dataset's batches with targets always carry sample weights: ones
+where the dataset gives none. Batches without targets (``predict``) are padded alike and
+have no weights: drop the padding rows of the last batch from the predictions.
+``drop_remainder=True`` leaves the last global batch out instead, on every process alike.
+``B`` must be a multiple of ``n``: refused at construction otherwise.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ def _from_tf_config(config: str | None) -> Shard:
 
 
 def pad_batch(batch: tuple, rows: int, real: int, scale: float) -> tuple:
-    """A short shard of the last global batch, padded to ``rows`` (NOTE [ shards of a global batch ]).
+    """One process's batch with weights, padded to ``rows`` if short (NOTE [ shards of a global batch ]).
 
     ``batch`` is ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` built from ``real`` rows
     (or from one borrowed row when ``real`` is 0). Every array keeps its first ``real`` rows
@@ -173,6 +177,8 @@ def _map(part: Any, fn: Any) -> Any:
 
 def _pad(array: Any, rows: int, real: int) -> np.ndarray:
     array = np.asarray(array)
+    if real == rows == len(array):
+        return array
     out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
     out[:real] = array[:real]
     return out

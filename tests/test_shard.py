@@ -74,7 +74,8 @@ def test_a_short_last_global_batch_is_padded_to_equal_shapes_with_zero_weight(cl
         weights = leaves(part[2])[0]
         mine = min(max(real - 4 * p, 0), 4)
         per_row = weights.reshape(4, -1).max(axis=1)
-        assert (per_row[mine:] == 0).all() and (per_row[:mine] > 0).all()
+        assert (per_row[mine:] == 0).all()
+        assert (per_row[:mine] > 0).all()
 
 
 def test_padding_keeps_the_unsharded_loss_of_the_last_batch():
@@ -82,11 +83,11 @@ def test_padding_keeps_the_unsharded_loss_of_the_last_batch():
     data = {"x": np.arange(13.0)[:, None], "y": np.linspace(-1, 1, 13)}
     loss = keras.losses.MeanSquaredError()
     whole = MultiInputDataset(data, inputs="x", targets="y", batch_size=8, shuffle=False)
-    (x, y) = whole.get_batch(1)
+    (_x, y) = whole.get_batch(1)
     expected = float(loss(y[:, None], np.zeros((len(y), 1))))
     losses = []
     for p in range(4):
-        x, y, w = MultiInputDataset(data, inputs="x", targets="y", batch_size=8, shuffle=False,
+        _x, y, w = MultiInputDataset(data, inputs="x", targets="y", batch_size=8, shuffle=False,
                                     shard=(p, 4)).get_batch(1)
         losses.append(float(loss(y[:, None], np.zeros((len(y), 1)), sample_weight=w)))
     np.testing.assert_allclose(np.mean(losses), expected, rtol=1e-6)

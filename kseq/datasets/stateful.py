@@ -140,7 +140,6 @@ class StatefulSequenceDataset(Dataset):
         self._split_given = split
         self.split = (not self._several) if split is None else bool(split)
         self._rows = np.concatenate([[0], np.cumsum([len(s) for s in sources])[:-1]]).astype(np.int64)
-        self._last_served: int | None = None
         super().__init__(
             sources[0] if len(sources) == 1 else ConcatSource(sources),
             batch_size=batch_size,
@@ -189,11 +188,9 @@ class StatefulSequenceDataset(Dataset):
         return rows["inputs"], rows["targets"], rows["real"].astype(np.float32)
 
     def __getitem__(self, index: int) -> tuple:
-        if index != 0 and (self._last_served is None or index != self._last_served + 1):
-            raise StructureError(_order_message(index, self._last_served, len(self)))
-        batch = super().__getitem__(index)
-        self._last_served = int(index)
-        return batch
+        if index not in (0, self.position):  # position: one past the last batch served, or set by set_state
+            raise StructureError(_order_message(index, self.position - 1 if self.position else None, len(self)))
+        return super().__getitem__(index)
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
         """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows."""

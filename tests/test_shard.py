@@ -175,11 +175,13 @@ def test_bad_shards_are_refused(shard, match):
         Dataset({"x": np.arange(10)}, batch_size=2, shard=shard)
 
 
-def test_auto_is_one_process_without_an_engine_and_reads_tf_config(monkeypatch):
+def test_auto_is_one_process_without_an_engine_and_refuses_tf_multi_worker(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert resolve_shard("auto") == Shard(0, 1) or resolve_shard("auto").count > 1  # a live jax.distributed
     config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}, "task": {"type": "worker",
                                                                                             "index": 2}}
-    assert _from_tf_config(json.dumps(config)) == Shard(2, 3)
+    with pytest.raises(StructureError, match=r"MultiWorkerMirroredStrategy.*JAX backend.*shard=\(2, 3\)"):
+        _from_tf_config(json.dumps(config))
+    assert _from_tf_config(json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": 0}})) == Shard(0, 1)
     with pytest.raises(StructureError, match="TF_CONFIG is not the JSON"):
         _from_tf_config("{not json")

@@ -94,8 +94,9 @@ def resolve_shard(shard: Any) -> Shard:
 
     ``"auto"`` asks, without importing anything: JAX (``jax.process_index()`` and
     ``jax.process_count()``, after ``jax.distributed.initialize``), PyTorch
-    (``torch.distributed`` when initialised), TensorFlow (``TF_CONFIG``'s task among its
-    workers); one process otherwise. Call it after the engine is initialised.
+    (``torch.distributed`` when initialised); one process otherwise. Call it after the
+    engine is initialised. A ``TF_CONFIG`` with several workers is refused with the reason:
+    Keras 3.15 cannot train a PyDataset under ``MultiWorkerMirroredStrategy``.
     """
     if shard is None:
         return Shard(0, 1)
@@ -136,7 +137,17 @@ def _from_tf_config(config: str | None) -> Shard:
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         msg = f"TF_CONFIG is not the JSON that tf.distribute reads ({e}). Received TF_CONFIG={config[:200]!r}."
         raise StructureError(msg) from e
-    return Shard(index, workers) if workers > 1 else Shard(0, 1)
+    if workers > 1:
+        msg = (
+            f"shard='auto' found TF_CONFIG with {workers} workers (this is worker {index}), but Keras 3.15's "
+            "TensorFlow trainer cannot train a PyDataset under tf.distribute.MultiWorkerMirroredStrategy: measured "
+            "with two local workers, fit fails with \"ValueError: Attempt to convert a value ({'x': PerReplica:"
+            "{...}})\". Expected: the JAX backend with keras.distribution.DataParallel and shard='auto' (README: "
+            "Training on several processes or hosts). If you feed each TensorFlow worker yourself, pass "
+            f"shard=({index}, {workers})."
+        )
+        raise StructureError(msg)
+    return Shard(0, 1)
 
 
 def pad_batch(batch: tuple, rows: int, real: int, scale: float) -> tuple:

@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax test-torch lint bench clean
+.PHONY: demo test test-tf test-jax test-torch lint bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.cfg setup.py
-	$(PY) -m pip install --quiet -e ".[test,torch]"
+	$(PY) -m pip install --quiet -e ".[test,torch,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,9 +32,14 @@ test-jax: $(STAMP)
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -m portable tests
 
+# The site (mkdocs.yml) into site/, strict: a warning (broken cross-reference, missing page, docstring that
+# does not render) fails the build. tests/test_docs_site.py builds it too, so `make test` checks it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,torch,bench]"
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -22,6 +22,7 @@ Only the text handed to mkdocstrings changes; the source files stay as they are.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -38,7 +39,7 @@ _MULTI_PARAM = re.compile(r"^(?P<indent>[ \t]+)(?P<names>\*{0,2}\w+(?:,[ \t]*\*{
 class KseqDocstrings(griffe.Extension):
     """Rewrite ``Example:`` headings and Sphinx roles in every docstring of a loaded package."""
 
-    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:  # noqa: ARG002
         public = _public_paths(pkg)
         objects = list(_walk(pkg))
         paths = [obj.path for obj in objects]
@@ -47,7 +48,8 @@ class KseqDocstrings(griffe.Extension):
             if docstring is None:
                 continue
             text = _split_multi_params(_EXAMPLE_HEADING.sub(r"\g<indent>Examples:", docstring.value))
-            docstring.value = _ROLE.sub(lambda m: _link(m, obj, loader, public, paths), text)
+            link = functools.partial(_link, obj=obj, loader=loader, public=public, paths=paths)
+            docstring.value = _ROLE.sub(link, text)
 
 
 def _walk(obj: griffe.Object) -> Any:
@@ -121,9 +123,10 @@ def _public_paths(pkg: griffe.Module) -> set[str]:
 def _lookup(path: str, loader: griffe.GriffeLoader) -> Any:
     try:
         obj = loader.modules_collection[path]
-        return obj.final_target if obj.is_alias else obj
+        target = obj.final_target if obj.is_alias else obj
     except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
         return None
+    return target
 
 
 def _resolve(target: str, obj: griffe.Object, loader: griffe.GriffeLoader, paths: list[str]) -> str | None:
@@ -145,7 +148,9 @@ def _resolve(target: str, obj: griffe.Object, loader: griffe.GriffeLoader, paths
     return matches.pop() if len(matches) == 1 else None
 
 
-def _link(match: re.Match, obj: griffe.Object, loader: griffe.GriffeLoader, public: set[str], paths: list[str]) -> str:
+def _link(
+    match: re.Match, *, obj: griffe.Object, loader: griffe.GriffeLoader, public: set[str], paths: list[str]
+) -> str:
     target = match["target"]
     shown = target.rsplit(".", 1)[-1] if match["tilde"] else target
     path = _resolve(target, obj, loader, paths)

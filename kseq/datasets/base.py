@@ -78,6 +78,9 @@ class Dataset(PyDatasetBase):
             ``batch_size`` rows; see NOTE [ shards of a global batch ] in :mod:`kseq.samplers.shard`.
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"`` for worker processes;
             ``None``: ``fork`` where available (``forkserver`` under the JAX backend).
+        timeout: seconds a worker may spend on one batch (``None``, the default: no limit); a slower
+            batch raises :class:`~kseq.errors.WorkerError` with the stuck worker's stack, and the pool
+            is replaced.
 
     Workers: ``workers=N`` computes batches in N threads, and ``workers=N,
     use_multiprocessing=True`` in N processes that return them through shared memory.
@@ -112,13 +115,14 @@ class Dataset(PyDatasetBase):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         start_method: str | None = None,
+        timeout: float | None = None,
         shard: Shard | tuple[int, int] | Literal["auto"] | None = None,
     ) -> None:
         # Keras iterates inline and never starts its own pool; kseq runs its own (NOTE in kseq/workers/loader.py).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.worker_config = WorkerConfig(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
-            start_method=start_method,
+            start_method=start_method, timeout=timeout,
         )
         self._loader = None if self.worker_config.mode == "inline" else BatchLoader(self.worker_config)
         self.source = as_source(source)
@@ -246,7 +250,7 @@ class Dataset(PyDatasetBase):
         index = batch_index(index, len(self))
         global_rows = self.sampler.indices(epoch, index)
         rows = self.shard.take(global_rows, self.batch_size)
-        with batch_context(epoch, index):
+        with batch_context(epoch, index, self):  # NOTE [ global random generators in a batch ]
             batch = self.build_batch(self.read_rows(rows if len(rows) else global_rows[:1]))
         batch = _as_batch_tuple(batch, type(self).__name__)
         if self.shard.single:

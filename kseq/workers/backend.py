@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
-from kseq.validators import is_integer
-
-__all__ = ["Backend", "Done", "Key", "in_window", "reseed_globals"]
+__all__ = ["Backend", "Done", "Key", "in_window"]
 
 Key = tuple[int, int]  # (epoch, batch index)
 Status = Literal["ok", "error", "skipped"]
@@ -37,6 +32,10 @@ class Backend(Protocol):
     ``set_window(e)`` tells workers to skip requests outside epochs ``e`` and ``e + 1``.
     ``poll`` raises :class:`~kseq.errors.WorkerError` when the pool itself broke
     (a worker died); a batch that raised comes back as an ``"error"`` :class:`Done`.
+    ``overdue(t)`` names a batch a worker has computed for more than ``t`` seconds, with
+    where the worker is (its stack); ``notices()`` returns ``(kind, text)`` pairs the
+    loader warns about once (a pool that ran short of shared memory, a global generator
+    moved by a worker thread).
     """
 
     def submit(self, dataset: Any, key: Key) -> None: ...
@@ -51,21 +50,12 @@ class Backend(Protocol):
 
     def discard(self, done: Done) -> None: ...
 
+    def overdue(self, timeout: float) -> tuple[Key, str] | None: ...
+
+    def notices(self) -> list[tuple[str, str]]: ...
+
     def close(self, *, graceful: bool) -> None: ...
 
 
 def in_window(epoch: int, low: int) -> bool:
     return low <= epoch <= low + 1
-
-
-def reseed_globals(seed: object, epoch: int, index: int) -> None:
-    """Seed ``np.random`` and ``random`` from ``(seed, epoch, index)`` (worker processes only).
-
-    Legacy transforms that draw from the global generators then never repeat each
-    other's draws across forked workers, and draw the same values whatever the
-    worker count. kseq's own code never uses the global generators.
-    """
-    root = int(seed) if is_integer(seed) else 0  # type: ignore[call-overload]
-    state = np.random.SeedSequence([root, int(epoch), int(index)]).generate_state(4)
-    np.random.seed(state)
-    random.seed(int.from_bytes(state.tobytes(), "little"))

@@ -17,6 +17,21 @@ warns once: kseq already shuffles samples from ``(seed, epoch)``, so
 for batch 0 within the same epoch is a new pass, not disorder (TF's ``predict``
 reads batches 0 and 1 for its signature, then starts again at 0; a user peeks
 at ``ds[0]``): it starts in order again, without a warning.
+
+# NOTE [ running short of shared memory ]
+A slot that cannot be created or grown (a full ``/dev/shm``: Docker gives 64 MB) does not
+fail the batch: the worker sends that batch pickled through its pipe, as Keras's own
+workers send every batch, and later batches keep using the slots that fit. The loader
+warns once, with the directory and the fix (more shared memory, a smaller
+``max_queue_size``, or ``KSEQ_SHM_DIR`` naming a larger directory). Data is never wrong:
+a slot is only ever written whole, and a batch in the pipe is the batch itself.
+
+# NOTE [ timeout ]
+With ``timeout=`` the loader, while it waits for a batch, asks the pool whether any
+worker has spent longer than that on its current batch (the clock starts when the
+worker is free to start it). If so it raises ``WorkerError`` naming that batch, with the
+worker's Python stack (processes: ``faulthandler`` on SIGUSR1; threads:
+``sys._current_frames``), and closes the pool; the next batch starts a new one.
 """
 
 from __future__ import annotations
@@ -73,6 +88,7 @@ class BatchLoader:
         self._slots: SlotPool | None = None
         self._finalizer: weakref.finalize | None = None
         self._warned = False
+        self._noticed: set[str] = set()  # kinds of pool notices already warned about
         self._reset()
 
     def __reduce__(self) -> tuple:
@@ -138,12 +154,40 @@ class BatchLoader:
         if key not in self._ready and key not in self._pending:
             self._submit(dataset, key)
         self._top_up(dataset, key, length)
+        timeout = self.config.timeout
         while key not in self._ready:
-            for done in pool.poll(_POLL_S):
+            wait = _POLL_S if timeout is None else min(_POLL_S, timeout / 4)
+            for done in pool.poll(wait):
                 self._collect(dataset, done, key)
+            if timeout is not None and key not in self._ready:
+                self._check_overdue(pool, timeout, key)
+        self._warn_notices(pool)
         done = self._ready.pop(key)
         self._top_up(dataset, key, length)
         return done
+
+    def _check_overdue(self, pool: Backend, timeout: float, wanted: Key) -> None:
+        late = pool.overdue(timeout)
+        if late is None:
+            return
+        (epoch, index), where = late
+        waiting = "" if late[0] == wanted else f" (batch {wanted[1]} of epoch {wanted[0]} was asked for)"
+        msg = (
+            f"Batch {index} of epoch {epoch} took longer than timeout={timeout:g} s{waiting}. {where}\n"
+            "The pool is closed; the next batch starts a new one. If batches are legitimately this slow, "
+            "raise timeout= (or pass timeout=None); to debug, compute the batch in the main process: "
+            f"ds.get_batch({index}, epoch={epoch})."
+        )
+        raise WorkerError(msg)
+
+    def _warn_notices(self, pool: Backend) -> None:
+        for kind, text in pool.notices():
+            if kind in self._noticed:
+                continue
+            self._noticed.add(kind)
+            if kind == "shm":
+                text = _short_of_memory_message(text, self.config)
+            warnings.warn(text, stacklevel=_WARN_STACKLEVEL - 1)
 
     def _ensure_started(self, dataset: Any) -> Backend:
         if self._pool is not None:
@@ -231,6 +275,16 @@ class BatchLoader:
             "stays shuffled.",
             stacklevel=_WARN_STACKLEVEL,
         )
+
+
+def _short_of_memory_message(why: str, config: WorkerConfig) -> str:
+    return (
+        f"kseq's worker processes ran short of shared memory ({why}). Batches that do not fit now travel "
+        "pickled through the worker pipes, as Keras's own workers send them: the same batches, but a copy "
+        "and a pickle each, so slower. To restore full speed: give the machine more shared memory (Docker: "
+        f"--shm-size=2g), lower max_queue_size (now {config.max_queue_size}) or workers (now {config.workers}), "
+        "or set KSEQ_SHM_DIR to a larger memory-backed directory."
+    )
 
 
 def _batch_error_message(done: Done, text: str) -> str:

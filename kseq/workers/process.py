@@ -14,7 +14,18 @@ The main process waits on every pipe *and* every process sentinel at once
 ``os._exit``, the OOM killer) is seen at once and raised as a ``WorkerError``
 naming it, its exit code or signal, and the batches it held: never a hang.
 Workers ignore SIGINT (Ctrl-C is the main process's to handle: it closes the
-pool) and exit by themselves when their parent goes away.
+pool) and exit by themselves when their parent goes away: a watchdog thread in each
+worker checks every quarter second that the parent it started under is still its parent
+(under forkserver that is the fork server, which exits with the main process) and that
+the main process still exists, and ends the worker with ``os._exit`` otherwise, even in
+the middle of a batch. With nameless slots (NOTE [ shared-memory slots ] in ``shm.py``)
+a main process killed by SIGKILL leaves nothing behind: the workers are gone within a
+second or so, and their memory with them.
+
+Each worker also gets, over its socket, the descriptor of a nameless file where
+``faulthandler`` writes its Python stack on SIGUSR1. A batch that takes longer than
+``timeout`` seconds is reported with that stack (see :meth:`ProcessPool.overdue`); the
+loader then replaces the pool.
 
 A worker sets ``KSEQ_WORKER_PROCESS=1`` before it unpickles the dataset, and this
 module (like all of ``kseq.workers``) imports no framework: a worker of a dataset
@@ -29,10 +40,15 @@ the user's process.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing
 import os
 import pickle
 import signal
+import socket
+import tempfile
+import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -40,18 +56,20 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from kseq.errors import WorkerError
-from kseq.workers.backend import Done, Key, in_window, reseed_globals
-from kseq.workers.context import batch_context
+from kseq.workers.backend import Done, Key, in_window
+from kseq.workers.context import batch_context, reseed_globals
 from kseq.workers.malloc import tune_malloc
 from kseq.workers.pickling import dumps_for_workers
-from kseq.workers.shm import SlotPool, SlotWriter
+from kseq.workers.shm import NoSpace, SlotPool, SlotWriter, nameless_file
 from kseq.workers.tree import flatten, unflatten
 
 __all__ = ["WORKER_ENV", "ProcessPool"]
 
 WORKER_ENV = "KSEQ_WORKER_PROCESS"  # set to "1" in every worker process, before the dataset is unpickled
-_PARENT_CHECK_S = 1.0
+_PARENT_CHECK_S = 0.25
 _JOIN_S = 2.0
+_STACK_WAIT_S = 2.0
+_STACK_SIGNAL = signal.SIGUSR1
 
 
 @dataclass
@@ -59,11 +77,18 @@ class _Worker:
     number: int
     process: BaseProcess
     conn: Connection
+    sock: socket.socket  # the same socket as conn, for passing descriptors
+    stack_fd: int  # faulthandler writes the worker's stack here on SIGUSR1
     busy: list[Key] = field(default_factory=list)  # in the order sent: the first is being computed
     ready: bool = False
+    since: float = 0.0  # when busy[0] started (estimated: when the worker was known to be free for it)
+    slots: set[int] = field(default_factory=set)  # slots whose descriptor the worker holds
 
     def __str__(self) -> str:
         return f"kseq worker {self.number} (pid {self.process.pid})"
+
+    def start_next(self) -> None:
+        self.since = time.monotonic()
 
 
 class ProcessPool:
@@ -83,6 +108,8 @@ class ProcessPool:
         ...     done = pool.poll(10.0)
         >>> pool.materialize(done[0])[0].tolist()
         [1, 4, 9, 16]
+        >>> pool.overdue(60.0) is None  # nothing is being computed, so nothing is late
+        True
         >>> pool.close(graceful=True); slots.close()
     """
 
@@ -93,7 +120,9 @@ class ProcessPool:
         self._slots = slots
         self._window = context.RawValue("q", 0)
         self._workers: list[_Worker] = []
-        self._tasks: dict[Key, tuple[_Worker, int]] = {}
+        self._tasks: dict[Key, tuple[_Worker, int | None]] = {}
+        self._short: str | None = None  # why batches went through the pipes; reported once by notices()
+        self._short_reported = False
         try:
             for number in range(workers):
                 self._workers.append(self._start(context, number, payload))
@@ -112,22 +141,41 @@ class ProcessPool:
         try:
             process.start()
         except Exception as e:
+            parent_end.close()
             msg = f"Cannot start kseq worker {number} with start_method={self.start_method!r}: {e}"
             raise WorkerError(msg) from e
         finally:
             child_end.close()
-        return _Worker(number, process, parent_end)
+        sock = socket.socket(fileno=os.dup(parent_end.fileno()))
+        stack_fd = nameless_file(tempfile.gettempdir())
+        worker = _Worker(number, process, parent_end, sock, stack_fd)
+        with contextlib.suppress(OSError):  # a worker that died at once is reported by poll
+            parent_end.send("stack")
+            socket.send_fds(sock, [b"s"], [stack_fd])
+        return worker
 
     # -- the Backend protocol ----------------------------------------------------
 
     def submit(self, dataset: Any, key: Key) -> None:  # noqa: ARG002 - the workers hold their own copy
         worker = min(self._workers, key=lambda w: len(w.busy))
-        slot, path = self._slots.acquire()
+        slot: int | None
         try:
-            worker.conn.send((key[0], key[1], path))
+            slot = self._slots.acquire()
+        except NoSpace as e:  # the batch travels through the pipe (NOTE [ shared-memory slots ])
+            slot = None
+            self._note_short(str(e))
+        new_fd = slot is not None and slot not in worker.slots
+        try:
+            worker.conn.send((key[0], key[1], slot, new_fd))
+            if new_fd:
+                socket.send_fds(worker.sock, [b"f"], [self._slots.fd(slot)])  # type: ignore[arg-type]
+                worker.slots.add(slot)  # type: ignore[arg-type]
         except OSError as e:  # its pipe broke: the worker is gone
-            self._slots.release(slot)
+            if slot is not None:
+                self._slots.release(slot)
             raise self._death(worker) from e
+        if not worker.busy and worker.ready:
+            worker.start_next()
         worker.busy.append(key)
         self._tasks[key] = (worker, slot)
 
@@ -154,11 +202,33 @@ class ProcessPool:
 
     def materialize(self, done: Done) -> Any:
         slot, skeleton, layout = done.value
+        if slot is None:  # it came through the pipe: ``layout`` is the arrays themselves
+            return unflatten(skeleton, layout)
         return unflatten(skeleton, self._slots.lease(slot, layout))
 
     def discard(self, done: Done) -> None:
-        if done.status == "ok":
+        if done.status == "ok" and done.value[0] is not None:
             self._slots.release(done.value[0])
+
+    def overdue(self, timeout: float) -> tuple[Key, str] | None:
+        """The batch a worker has computed for more than ``timeout`` s, if any, with the worker and its stack."""
+        now = time.monotonic()
+        late = [w for w in self._workers if w.ready and w.busy and now - w.since > timeout]
+        if not late:
+            return None
+        worker = max(late, key=lambda w: now - w.since)
+        epoch, index = worker.busy[0]
+        where = (
+            f"{worker} has been computing batch {index} of epoch {epoch} for {now - worker.since:.1f} s. "
+            f"Its Python stack (faulthandler, most recent call first):\n{self._stack(worker)}"
+        )
+        return worker.busy[0], where
+
+    def notices(self) -> list[tuple[str, str]]:
+        if self._short is None or self._short_reported:
+            return []
+        self._short_reported = True
+        return [("shm", self._short)]
 
     def close(self, *, graceful: bool) -> None:
         """Stop every worker: ask, wait up to 2 s when ``graceful``, then terminate, then kill."""
@@ -177,6 +247,9 @@ class ProcessPool:
                 worker.process.kill()
                 worker.process.join()
             worker.conn.close()
+            worker.sock.close()
+            with contextlib.suppress(OSError):
+                os.close(worker.stack_fd)
             worker.process.close()
         self._workers = []
         self._tasks.clear()
@@ -198,20 +271,51 @@ class ProcessPool:
         status, key, value = message
         if status == "ready":
             worker.ready = True
+            worker.start_next()
             return None
         if status == "fatal":
             msg = f"{worker} could not load the dataset (start_method={self.start_method!r}):\n{value}"
             raise WorkerError(msg)
         worker.busy.remove(key)
+        worker.start_next()
         _, slot = self._tasks.pop(key)
         if status == "ok":
             skeleton, layout = value
             return Done(key, "ok", (slot, skeleton, layout), str(worker))
-        self._slots.release(slot)
+        if slot is not None:
+            self._slots.release(slot)
+        if status == "piped":
+            skeleton, arrays, why = value
+            if why:
+                self._note_short(why)
+            return Done(key, "ok", (None, skeleton, arrays), str(worker))
         if status == "error":
             text, exc_bytes = value
             return Done(key, "error", (text, _loads(exc_bytes)), str(worker))
         return Done(key, "skipped", None, str(worker))
+
+    def _note_short(self, why: str) -> None:
+        if self._short is None:
+            self._short = why
+
+    def _stack(self, worker: _Worker) -> str:
+        """Ask ``worker``'s faulthandler for its stack (SIGUSR1) and read what it wrote."""
+        fd = worker.stack_fd
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)  # the worker's descriptor shares this file offset
+            os.kill(worker.process.pid, _STACK_SIGNAL)  # type: ignore[arg-type]
+        except OSError as e:
+            return f"(no stack: {e})"
+        deadline, size = time.monotonic() + _STACK_WAIT_S, -1
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = os.fstat(fd).st_size
+            if now and now == size:
+                break
+            size = now
+        text = os.pread(fd, max(size, 0), 0).decode(errors="replace")
+        return text.rstrip() or f"(no stack written within {_STACK_WAIT_S:.0f} s)"
 
     def _death(self, worker: _Worker) -> WorkerError:
         worker.process.join(_JOIN_S)
@@ -270,7 +374,14 @@ def _loads(data: bytes | None) -> BaseException | None:
 
 def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(parent_pid)
     tune_malloc()
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        conn.recv()  # "stack", then the descriptor faulthandler writes to
+        faulthandler.register(_STACK_SIGNAL, file=_receive_fd(sock), all_threads=True)
+    except (EOFError, OSError):
+        return  # the main process went away
     # Before the dataset is unpickled: kseq's dataset classes then need no framework here.
     # NOTE [ no framework in worker processes ] in kseq/datasets/_pydataset.py
     os.environ[WORKER_ENV] = "1"
@@ -283,37 +394,73 @@ def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -
     writer = SlotWriter()
     try:
         conn.send(("ready", None, None))
-        _serve(conn, dataset, writer, parent_pid, window)
+        _serve(conn, sock, dataset, writer, window)
     except (EOFError, OSError):
         return  # the main process went away
     finally:
         writer.close()
 
 
-def _serve(conn: Connection, dataset: Any, writer: SlotWriter, parent_pid: int, window: Any) -> None:
+def _watch_parent(parent_pid: int) -> None:
+    """End this worker when its parent or the main process is gone (NOTE [ worker processes ])."""
+    start_ppid = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK_S)
+            if os.getppid() != start_ppid or not _exists(parent_pid):
+                os._exit(0)
+
+    threading.Thread(target=watch, name="kseq-parent-watch", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _receive_fd(sock: socket.socket) -> int:
+    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    if not fds:
+        raise EOFError
+    return fds[0]
+
+
+def _serve(conn: Connection, sock: socket.socket, dataset: Any, writer: SlotWriter, window: Any) -> None:
     while True:
-        if not conn.poll(_PARENT_CHECK_S):
-            if os.getppid() != parent_pid:
-                return
-            continue
         request = conn.recv()
         if request is None:
             return
-        epoch, index, path = request
+        epoch, index, slot, new_fd = request
+        if new_fd:
+            writer.add(slot, _receive_fd(sock))
         if not in_window(epoch, window.value):
             conn.send(("skipped", (epoch, index), None))
             continue
-        _send(conn, _compute(dataset, writer, epoch, index, path), (epoch, index))
+        _send(conn, _compute(dataset, writer, epoch, index, slot), (epoch, index))
 
 
-def _compute(dataset: Any, writer: SlotWriter, epoch: int, index: int, path: str) -> tuple:
+def _compute(dataset: Any, writer: SlotWriter, epoch: int, index: int, slot: int | None) -> tuple:
     reseed_globals(getattr(dataset, "seed", 0), epoch, index)
     try:
         with batch_context(epoch, index):
             skeleton, arrays = flatten(dataset.get_batch(index, epoch))
-        return ("ok", (epoch, index), (skeleton, writer.write(path, arrays)))
     except Exception as e:
         return ("error", (epoch, index), (traceback.format_exc(), _dumps(e)))
+    if slot is None:  # the main process could not create a slot
+        return ("piped", (epoch, index), (skeleton, arrays, None))
+    try:
+        layout = writer.write(slot, arrays)
+    except NoSpace as e:  # the slot cannot grow: this batch goes through the pipe (NOTE in loader.py)
+        return ("piped", (epoch, index), (skeleton, arrays, str(e)))
+    except Exception as e:
+        return ("error", (epoch, index), (traceback.format_exc(), _dumps(e)))
+    return ("ok", (epoch, index), (skeleton, layout))
 
 
 def _send(conn: Connection, message: tuple, key: Key) -> None:

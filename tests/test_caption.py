@@ -135,6 +135,29 @@ class TestTeacherForcing:
         np.testing.assert_allclose(weights, np.array([[1, 1, 1], [1, 1, 0]]) * 6 / 5)
         assert weights.sum() == pytest.approx(weights.size)
 
+    @pytest.mark.parametrize("weighting", ["mean", "mask"])
+    def test_the_compiled_default_loss_is_the_mean_over_real_tokens(self, rng, weighting):
+        """README: with "mean" weights, Keras's default (sum_over_batch_size) loss of a real compiled model is
+        the mean of the per-token losses over the real tokens of each batch, whatever its padding; "mask"
+        weights divide by every position instead."""
+        caps = [[caption(rng, 1, 12)] for _ in range(12)]
+        ds = CaptionDataset(rng.normal(size=(12, 6)).astype("float32"), caps, batch_size=4, seed=0,
+                            weighting=weighting)
+        keras.utils.set_random_seed(0)
+        model = captioner(20, 6, dict_io=True)
+        per_token = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        padded = 0
+        for i in range(len(ds)):
+            x, y, w = ds[i]
+            logits = model.predict_on_batch(x)["decoder_output"]
+            losses = keras.ops.convert_to_numpy(per_token(y["decoder_output"], logits))
+            real = w["decoder_output"] > 0
+            padded += int((~real).sum())
+            expected = losses[real].mean() if weighting == "mean" else losses[real].sum() / losses.size
+            compiled = model.test_on_batch(x, y, w, return_dict=True)["loss"]
+            assert compiled == pytest.approx(float(expected), rel=1e-4)
+        assert padded > 0
+
     def test_no_sample_weight_gives_x_y(self, corpus):
         assert len(CaptionDataset(*corpus, weighting=None, seed=0)[0]) == 2
 
@@ -257,16 +280,50 @@ class TestSampling:
         sampler = CaptionSampler(np.repeat(np.arange(5), 2), np.full(10, 4), one_per_image=True, batch_size=5, seed=0)
         assert sampler.order(0).tolist() == [1, 4, 9, 6, 2]
 
-    def test_bucketing_cuts_padding_and_keeps_every_pair(self, rng):
+    @pytest.mark.parametrize("per_image", ["all", "one"])
+    def test_bucketing_cuts_the_padding_of_served_batches_and_keeps_every_sample(self, rng, per_image):
+        """Padding counted in the batches served (zero-weight target positions), not from lengths; each
+        bucketed batch is as wide as its longest caption (batch 1 one column wider where it would match
+        batch 0: NOTE [ variable-length batches and the TF signature ]); "all" serves every pair once and
+        "one" one caption of every image."""
         caps = [[caption(rng, 1, 30) for _ in range(3)] for _ in range(200)]
-        plain = CaptionDataset(np.zeros((200, 1)), caps, captions_per_image="all", batch_size=16, seed=0)
-        bucketed = CaptionDataset(
-            np.zeros((200, 1)), caps, captions_per_image="all", batch_size=16, seed=0, bucket_by_length=True
-        )
-        assert bucketed.padding_fraction(0) < 0.5 * plain.padding_fraction(0)
-        order = [bucketed.sampler.indices(0, i) for i in range(len(bucketed))]
-        assert sorted(np.concatenate(order).tolist()) == list(range(600))
-        assert len(order[-1]) == 600 % 16
+        features = np.arange(200.0)[:, None]
+        args = {"captions_per_image": per_image, "batch_size": 16, "seed": 0}
+        plain = CaptionDataset(features, caps, **args)
+        bucketed = CaptionDataset(features, caps, bucket_by_length=True, **args)
+        served = {}
+        for name, ds in (("plain", plain), ("bucketed", bucketed)):
+            batches = [ds.get_batch(i, 0) for i in range(len(ds))]
+            steps = [(b[2]["decoder_output"] > 0).sum(axis=1) for b in batches]
+            widths = [b[2]["decoder_output"].shape[1] for b in batches]
+            longest = [int(s.max()) for s in steps]
+            assert widths == [w + (i == 1 and w == longest[0]) for i, w in enumerate(longest)]
+            real = sum(int(s.sum()) for s in steps)
+            served[name] = 1 - real / sum(len(s) * w for s, w in zip(steps, widths, strict=True))
+            assert ds.padding_fraction(0) == pytest.approx(served[name])
+            if name == "bucketed":
+                spread = [int(s.max() - s.min()) for s in steps]
+                assert max(spread[:-1]) <= 4  # sorted windows of 200-600 captions of 2-30 steps (plain: ~25)
+            images = np.concatenate([b[0]["transfer_values_input"][:, 0] for b in batches]).astype(int)
+            targets = [tuple(row[w > 0].tolist()) for b in batches
+                       for row, w in zip(b[1]["decoder_output"], b[2]["decoder_output"], strict=True)]
+            if per_image == "all":
+                assert sorted(zip(images.tolist(), targets, strict=True)) == all_pairs(caps)
+                assert len(steps[-1]) == 600 % 16
+            else:
+                assert sorted(images.tolist()) == list(range(200))
+                assert all((i, t) in set(all_pairs(caps)) for i, t in zip(images.tolist(), targets, strict=True))
+        assert served["bucketed"] < 0.5 * served["plain"]
+
+    def test_bucketing_with_one_caption_per_image_draws_new_captions_each_epoch(self, rng):
+        """Bucketed "one": each epoch one caption of every image, drawn afresh, so over epochs captions of
+        every length get drawn, not only the short ones that bucketing puts first."""
+        caps = [[caption(rng, 1, 30) for _ in range(3)] for _ in range(40)]
+        ds = CaptionDataset(np.arange(40.0)[:, None], caps, batch_size=8, seed=0, bucket_by_length=True)
+        drawn = [sorted(pairs(ds, e)) for e in range(8)]
+        assert all(sorted(i for i, _ in d) == list(range(40)) for d in drawn)
+        assert len({tuple(d) for d in drawn}) == 8
+        assert len(set().union(*drawn)) > 100  # of 120 pairs
 
     def test_bucketed_epochs_differ(self, rng):
         caps = [[caption(rng, 1, 30)] for _ in range(200)]

@@ -1,4 +1,7 @@
+import os
 import pickle
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -200,6 +203,76 @@ class TestFit:
         hist = model.fit(view, epochs=2, verbose=0)
         assert np.isfinite(hist.history["loss"]).all()
 
+    @pytest.mark.portable
+    @pytest.mark.parametrize("routing", ["class_weight", "sample_weight"])
+    def test_each_output_gets_its_own_weights_in_the_compiled_loss(self, two_inputs, routing):
+        """Per-output weights reach the output they name: each output's loss in a real compiled model is its
+        per-sample loss weighted by its own weights; the other output's weights give another value."""
+        a = keras.Input((3,), name="a")
+        h = keras.layers.Dense(8)(a)
+        model = keras.Model(a, [keras.layers.Dense(1, name="reg")(h), keras.layers.Dense(2, name="cls")(h)])
+        sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        model.compile(loss=["mse", keras.losses.SparseCategoricalCrossentropy(from_logits=True)])
+        label, y = two_inputs["label"], two_inputs["y"]
+        per_class = np.where(label == 1, 3.0, 1.0)
+        if routing == "class_weight":  # weights on cls only; reg unweighted
+            weights = {"cls": per_class, "reg": np.ones(96)}
+            ds = MultiInputDataset(two_inputs, inputs="a", targets={"cls": "label", "reg": "y"},
+                                   class_weight={"cls": {0: 1, 1: 3}}, batch_size=96, shuffle=False)
+        else:  # a valid per-output sample_weight={output: field}, beside class weights on the other output
+            weights = {"cls": per_class, "reg": two_inputs["w"]}
+            ds = MultiInputDataset(two_inputs, inputs="a", targets={"cls": "label", "reg": "y"},
+                                   sample_weight={"reg": "w"}, class_weight={"cls": {0: 1, 1: 3}},
+                                   batch_size=96, shuffle=False)
+        view = ds.for_model(model)
+        losses = model.evaluate(view, verbose=0, return_dict=True)
+        reg, cls = model.predict(view, verbose=0)
+        per_sample = {
+            "reg": (reg[:, 0] - y) ** 2,
+            "cls": keras.ops.convert_to_numpy(sce(label, cls)),
+        }
+        for out, other in (("reg", "cls"), ("cls", "reg")):
+            own = float(np.mean(per_sample[out] * weights[out]))
+            swapped = float(np.mean(per_sample[out] * weights[other]))
+            assert losses[f"{out}_loss"] == pytest.approx(own, rel=1e-4)
+            assert abs(own - swapped) > 0.01 * own
+        assert losses["loss"] == pytest.approx(losses["reg_loss"] + losses["cls_loss"], rel=1e-5)
+
+    @pytest.mark.portable
+    def test_the_dataset_is_at_epoch_one_throughout_the_first_trained_epoch(self, two_inputs):
+        """README: fit calls on_epoch_end once before training (after reading batches for its signature or
+        build pass, at epoch 0), so a fresh dataset's epoch is 1 while Keras trains epoch 0, and every batch
+        trained in Keras's epoch e comes from kseq's epoch e + 1, each batch once."""
+        reads = []
+
+        class Recording(MultiInputDataset):
+            def read_rows(self, indices):
+                reads.append((keras_epoch[0], self.batch_position()))
+                return super().read_rows(indices)
+
+        class Epochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                keras_epoch[0] = epoch
+                at_begin.append(ds.epoch)
+
+            def on_train_batch_end(self, batch, logs=None):
+                during[keras_epoch[0]].add(ds.epoch)
+
+        keras_epoch, at_begin, during = [None], [], {0: set(), 1: set()}
+        ds = Recording(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0)
+        model = concat_model()
+        model = keras.Model(model.inputs, keras.layers.Dense(1)(model.output))
+        model.compile("sgd", "mse")
+        model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[Epochs()])
+        assert at_begin == [1, 2]
+        assert during == {0: {1}, 1: {2}}
+        before_training = [position for e, position in reads if e is None]
+        assert before_training
+        assert {epoch for epoch, _ in before_training} == {0}
+        for keras_e in (0, 1):
+            trained = sorted(position for e, position in reads if e == keras_e)
+            assert trained == [(keras_e + 1, i) for i in range(len(ds))]
+
     def test_epochs_during_fit_see_different_orders(self, two_inputs):
         seen = []
 
@@ -223,6 +296,44 @@ class TestFit:
             assert sorted(order.tolist()) == list(range(96))
         assert len({tuple(np.sort(np.concatenate(by_epoch[e])).tolist()) for e in trained}) == 1
         assert len({tuple(np.concatenate(by_epoch[e]).tolist()) for e in trained}) == len(trained)
+
+
+PARENT_PROBE = """
+import os
+import numpy as np
+from kseq.datasets import Dataset
+
+class ParentProbe(Dataset):
+    def build_batch(self, rows):
+        return ({"x": rows["x"], "ppid": np.full(len(rows["x"]), os.getppid())},)
+"""
+
+WORKER_PARENTS = """
+import multiprocessing.forkserver, os, sys
+import keras
+from parent_probe import ParentProbe
+import numpy as np
+with ParentProbe({"x": np.arange(8)}, batch_size=4, workers=2, use_multiprocessing=True) as ds:
+    ppids = {int(p) for i in range(len(ds)) for p in ds[i][0]["ppid"]}
+server = multiprocessing.forkserver._forkserver._forkserver_pid
+print("jax" in sys.modules, "forkserver" if ppids == {server} else "fork" if ppids == {os.getpid()} else ppids)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_worker_processes_start_by_forkserver_once_jax_is_loaded(tmp_path, backend):
+    """README: the default start method is forkserver under JAX (fork before JAX is loaded). A dataset with
+    worker processes and no start_method, in a fresh interpreter with Keras on the backend: each worker is a
+    child of the forkserver process exactly when JAX is loaded; under the JAX backend it always is. (Keras
+    3.15's `import keras` loads jax on every backend where it is installed, through its orbax callback.)"""
+    (tmp_path / "parent_probe.py").write_text(PARENT_PROBE)
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"}
+    out = subprocess.run([sys.executable, "-c", WORKER_PARENTS], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, check=True)
+    jax_loaded, method = out.stdout.splitlines()[-1].split()
+    assert method == ("forkserver" if jax_loaded == "True" else "fork")
+    if backend == "jax":
+        assert (jax_loaded, method) == ("True", "forkserver")
 
 
 def test_check_is_public():

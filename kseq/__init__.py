@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the Keras layer, for type checkers; at run time see __getat
         TripletDataset,
     )
     from kseq.legacy import GeneratorDataset
+    from kseq.profiling import Profile, profile
+    from kseq.resume import BackupAndRestore
     from kseq.structure import ModelStructure
     from kseq.validation import CheckReport, check
 
@@ -45,6 +47,7 @@ __version__ = "0.1.0"
 
 # The Keras layer: public name -> the module that defines it (the name itself for a subpackage).
 _LAZY: dict[str, str] = {
+    "BackupAndRestore": "kseq.resume",
     "CaptionDataset": "kseq.datasets",
     "CheckReport": "kseq.validation",
     "Dataset": "kseq.datasets",
@@ -52,16 +55,19 @@ _LAZY: dict[str, str] = {
     "ModelStructure": "kseq.structure",
     "ModelView": "kseq.datasets",
     "MultiInputDataset": "kseq.datasets",
+    "Profile": "kseq.profiling",
     "ResetStates": "kseq.callbacks",
     "SiamesePairDataset": "kseq.datasets",
     "StatefulSequenceDataset": "kseq.datasets",
     "TripletDataset": "kseq.datasets",
     "check": "kseq.validation",
     "legacy": "kseq.legacy",
+    "profile": "kseq.profiling",
 }
 
 __all__ = [
     "ArraySource",
+    "BackupAndRestore",
     "BlockShuffleSampler",
     "CaptionDataset",
     "CheckReport",
@@ -74,6 +80,7 @@ __all__ = [
     "ModelView",
     "MultiInputDataset",
     "PKSampler",
+    "Profile",
     "ResetStates",
     "SequentialSampler",
     "ShuffleSampler",
@@ -90,6 +97,7 @@ __all__ = [
     "check",
     "legacy",
     "pack",
+    "profile",
     "tokenize",
     "tune_malloc",
 ]

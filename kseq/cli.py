@@ -1,8 +1,8 @@
-"""``python -m kseq``: the command line (``demo``, ``pack``, ``inspect``).
+"""``python -m kseq``: the command line (``demo``, ``pack``, ``inspect``, ``profile``).
 
 ``pack`` and ``inspect`` are the framework-free core (numpy, h5py, pandas): they
-answer without importing Keras or a backend. Only ``demo`` trains a model, so only
-the demo's functions import Keras (and kseq's Keras layer), when they run.
+answer without importing Keras or a backend. ``demo`` trains a model and ``profile`` times
+one, so only their functions import Keras (and kseq's Keras layer), when they run.
 """
 
 from __future__ import annotations
@@ -279,6 +279,20 @@ def _pack(args: argparse.Namespace) -> None:
     print(inspect(args.output))
 
 
+def _profile(args: argparse.Namespace) -> None:
+    from kseq.profiling import load_target, profile  # kseq's Keras layer, for profile only (as demo)
+
+    ds, model = load_target(args.target, model=args.model, batch_size=args.batch_size, shuffle=args.shuffle,
+                            workers=args.workers, processes=args.processes)
+    try:
+        result = profile(ds, model, batches=args.batches, epochs=args.epochs)
+    finally:
+        getattr(ds, "close", lambda: None)()
+    print(result.table())
+    if args.plot:
+        result.plot().savefig(args.plot, dpi=120)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kseq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_pack.add_argument("--quiet", action="store_true", help="no progress bar")
     p_inspect = sub.add_parser("inspect", help="print an HDF5 file's fields, shapes, dtypes, layout, chunks, size")
     p_inspect.add_argument("file")
+    p_profile = sub.add_parser("profile", help="time a dataset's stages; with --model, whether training waits on it")
+    p_profile.add_argument("target", help="an HDF5 file, or module:function returning a dataset (or (dataset, model))")
+    p_profile.add_argument("--model", help="module:function returning a compiled Keras model")
+    p_profile.add_argument("--batch-size", type=int, default=64, help="HDF5 file: rows per batch")
+    p_profile.add_argument("--shuffle", choices=["true", "false", "block"], default="true", help="HDF5 file: the order")
+    p_profile.add_argument("--workers", type=int, default=1, help="HDF5 file: threads (or processes) computing batches")
+    p_profile.add_argument("--processes", action="store_true", help="HDF5 file: worker processes, not threads")
+    p_profile.add_argument("--batches", type=int, help="batches per pass (default: min(len, 20))")
+    p_profile.add_argument("--epochs", type=int, default=2, help="timed passes")
+    p_profile.add_argument("--plot", help="also save the stage bars and batches/s to this image file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(epochs=args.epochs, seed=args.seed)
@@ -302,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pack":
             _pack(args)
+        elif args.command == "profile":
+            _profile(args)
         else:
             print(inspect(args.file))
     except KseqError as e:

@@ -61,7 +61,12 @@ Layout = list[tuple[int, tuple[int, ...], str]]
 
 
 class NoSpace(OSError):
-    """A slot could not be created or grown: the directory (or the descriptor table) is full."""
+    """A slot could not be created or grown: the directory (or the descriptor table) is full.
+
+    Example:
+        >>> issubclass(NoSpace, OSError)  # the loader catches it and sends that batch through the pipe
+        True
+    """
 
 
 def shm_directory() -> str:
@@ -232,7 +237,16 @@ class SlotPool:
 
 
 class SlotWriter:
-    """A worker's side: the slots it was given, by number; writes arrays into them, growing them when needed."""
+    """A worker's side: the slots it was given, by number; writes arrays into them, growing them when needed.
+
+    Example:
+        >>> pool, writer = SlotPool(), SlotWriter()
+        >>> slot = pool.acquire()
+        >>> writer.add(slot, os.dup(pool.fd(slot)))
+        >>> writer.write(slot, [np.zeros(2, "int32"), np.ones((2, 2))])  # (offset, shape, dtype) of each array
+        [(0, (2,), '<i4'), (..., (2, 2), '<f8')]
+        >>> writer.close(); pool.close()
+    """
 
     def __init__(self) -> None:
         self._maps: dict[int, tuple[int, mmap.mmap | None, int]] = {}
@@ -291,11 +305,6 @@ def _grow(fd: int, size: int) -> None:
     current = os.fstat(fd).st_size
     if current >= size:
         return
-    directory = _directory_of(fd)
-    free = _free_bytes(directory) if directory is not None else None
-    if free is not None and size - current > free:  # fail fast, without a trial allocation
-        msg = f"Cannot grow a shared-memory slot to {size / 2**20:.1f} MiB in {directory}: {free / 2**20:.1f} MiB free"
-        raise NoSpace(errno.ENOSPC, msg)
     try:
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, size)
@@ -304,8 +313,11 @@ def _grow(fd: int, size: int) -> None:
     except OSError as e:
         if e.errno not in _SHORT:
             raise
-        where = directory or "its directory"
-        msg = f"Cannot grow a shared-memory slot to {size / 2**20:.1f} MiB in {where}: {e.strerror}"
+        directory = _directory_of(fd)
+        free = _free_bytes(directory) if directory is not None else None
+        where = f"{directory}, {free / 2**20:.1f} MiB free" if free is not None else "its directory"
+        grow = f"from {current / 2**20:.1f} to {size / 2**20:.1f} MiB"
+        msg = f"Cannot grow a shared-memory slot {grow} in {where}: {e.strerror}"
         raise NoSpace(e.errno, msg) from e
 
 

@@ -98,6 +98,14 @@ def read_inputs(specs: Sequence[str], *, batch_rows: int = _BATCH_ROWS) -> tuple
         StructureError: a table with other inputs, an unsupported file type, or two inputs that
             give one field name (``a/x.npy b/x.npy``; rename one with ``name=``).
         SourceError: an input file that does not exist.
+
+    Example:
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> np.save(os.path.join(folder, "x.npy"), np.arange(6).reshape(3, 2))
+        >>> fields, rows = read_inputs([os.path.join(folder, "x.npy"), "y=" + os.path.join(folder, "x.npy")])
+        >>> sorted(fields), fields["y"].shape, rows
+        (['x', 'y'], (3, 2), None)
     """
     parsed = [_parse_spec(spec) for spec in specs]
     tables = [(name, path) for name, path in parsed if path.suffix.lower() in _TABLES]
@@ -226,7 +234,18 @@ def _parquet_dtypes(table: Any, batch_rows: int) -> dict[str, np.dtype]:
 
 def inspect(path: str | Path) -> str:
     """A table of every dataset in an HDF5 file: shape, dtype, layout, chunks, compression, size, and the
-    reader a default ``HDF5Source`` would use (``memmap``, ``pread`` or ``blocks``: NOTE [ HDF5 read paths ])."""
+    reader a default ``HDF5Source`` would use (``memmap``, ``pread`` or ``blocks``: NOTE [ HDF5 read paths ]).
+
+    Example:
+        >>> import os, tempfile
+        >>> from kseq.sources.pack import pack
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.h5")
+        >>> _ = pack(path, {"x": np.zeros((4, 2), "float32")}, progress=False)
+        >>> print(inspect(path))
+        /...f.h5: ... kB, 1 datasets, 4 rows
+        field  shape   dtype    layout      chunks  compression  stored  read as
+        x      (4, 2)  float32  contiguous  -       -            32 B    memmap
+    """
     layouts = field_layouts(path)
     size = Path(path).stat().st_size
     if not layouts:

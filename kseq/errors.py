@@ -23,7 +23,12 @@ __all__ = ["KseqError", "SourceError", "StructureError", "WorkerError"]
 
 
 class KseqError(Exception):
-    """Base class of every error kseq raises on purpose."""
+    """Base class of every error kseq raises on purpose.
+
+    Example:
+        >>> issubclass(StructureError, KseqError) and issubclass(SourceError, KseqError)
+        True
+    """
 
 
 class StructureError(KseqError, ValueError):
@@ -31,13 +36,43 @@ class StructureError(KseqError, ValueError):
 
     Includes asking a source for a field name it does not have. The message says what was
     expected, what was received, and how to fix it.
+
+    Example:
+        >>> from kseq import Dataset
+        >>> try:
+        ...     Dataset({"x": [0, 1]}, batch_size=0)
+        ... except ValueError as e:  # a StructureError is a ValueError too
+        ...     print(type(e).__name__)
+        StructureError
     """
 
 
 class SourceError(KseqError, OSError):
     """A source cannot be opened or read: a missing, corrupt or changed file, or a file without the
-    dataset a field was opened from (a field *name* a source lacks is a :class:`StructureError`)."""
+    dataset a field was opened from (a field *name* a source lacks is a :class:`StructureError`).
+
+    Example:
+        >>> from kseq.sources import HDF5Source
+        >>> try:
+        ...     HDF5Source("/no/such/file.h5")
+        ... except OSError as e:  # a SourceError is an OSError too
+        ...     print(type(e).__name__, "/no/such/file.h5" in str(e))
+        SourceError True
+    """
 
 
 class WorkerError(KseqError, RuntimeError):
-    """A worker failed: it raised, died, could not be started, or took longer than ``timeout``."""
+    """A worker failed: it raised, died, could not be started, or took longer than ``timeout``.
+
+    Example:
+        >>> from kseq import Dataset
+        >>> class Broken(Dataset):
+        ...     def build_batch(self, rows):
+        ...         raise ArithmeticError("bad row")
+        >>> with Broken({"x": [0, 1, 2, 3]}, batch_size=2, workers=2) as ds:  # two threads
+        ...     try:
+        ...         ds[0]
+        ...     except RuntimeError as e:  # a WorkerError is a RuntimeError too
+        ...         print(type(e).__name__, "ArithmeticError: bad row" in str(e))
+        WorkerError True
+    """

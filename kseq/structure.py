@@ -42,7 +42,12 @@ Kind = Literal["dict", "list", "single"]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, shape (``None`` for unknown dimensions, batch first) and dtype of a model tensor."""
+    """Name, shape (``None`` for unknown dimensions, batch first) and dtype of a model tensor.
+
+    Example:
+        >>> TensorSpec("tokens", (None, 31), "int32").shape
+        (None, 31)
+    """
 
     name: str
     shape: tuple[int | None, ...]
@@ -51,7 +56,19 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelStructure:
-    """The nesting and names of a model's inputs and outputs (``model_name`` is for messages only)."""
+    """The nesting and names of a model's inputs and outputs (``model_name`` is for messages only).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
+        >>> model = keras.Model([a, b], keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([a, b])))
+        >>> s = ModelStructure.of(model)
+        >>> s.input_kind, s.input_names, s.output_kind, s.output_names
+        ('list', ['a', 'b'], 'single', ['y'])
+        >>> x, y = s.adapt(({"b": np.ones((2, 5)), "a": np.zeros((2, 3))}, {"y": np.ones(2)}))
+        >>> [part.shape for part in x], y.shape  # the list in the model's order; one array for one output
+        ([(2, 3), (2, 5)], (2,))
+    """
 
     input_kind: Kind
     inputs: tuple[TensorSpec, ...]
@@ -125,6 +142,17 @@ def check_same_routing(made_for: ModelStructure, received: ModelStructure, *, ow
     ``owner`` names what was adapted (``"this ModelView"``) and ``fix`` says what to do
     instead. Shapes and dtypes are not compared here: :func:`kseq.check` does that.
     See NOTE [ named batches and model structure ].
+
+    Example:
+        >>> a, b = TensorSpec("a", (None, 3), "float32"), TensorSpec("b", (None, 5), "float32")
+        >>> y = TensorSpec("y", (None, 1), "float32")
+        >>> ab = ModelStructure("list", (a, b), "single", (y,), "ab")
+        >>> check_same_routing(ab, ModelStructure("list", (a, b), "single", (y,), "other"), owner="v", fix="")
+        >>> check_same_routing(ab, ModelStructure("list", (b, a), "single", (y,), "ba"), owner="this view",
+        ...                    fix="Make a view for it.")
+        Traceback (most recent call last):
+        ...
+        kseq.errors.StructureError: this view was made for model 'ab' (inputs ['a', 'b'] as a list, ...
     """
     if made_for.routing == received.routing:
         return

@@ -35,6 +35,15 @@ class CheckReport:
     ``adaptations`` is empty when the named batches fit the model as they are (a
     dict-built model); otherwise it lists what ``ds.for_model(model)`` does, and
     ``remedy`` says how to get it done.
+
+    Example:
+        >>> from kseq.structure import ModelStructure, TensorSpec
+        >>> s = ModelStructure("dict", (TensorSpec("a", (None, 3), "float32"),), "single", ())
+        >>> report = CheckReport(s)
+        >>> report.needs_adapting, str(report)
+        (False, 'kseq.check: batches match the model as they are.')
+        >>> CheckReport(s, ["x as a list"]).needs_adapting
+        True
     """
 
     structure: ModelStructure

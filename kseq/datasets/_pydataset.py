@@ -26,12 +26,23 @@ __all__ = ["PyDatasetBase", "WorkerPyDataset", "in_worker_process"]
 
 
 def in_worker_process() -> bool:
-    """True in a process started by kseq's pool to compute batches."""
+    """True in a process started by kseq's pool to compute batches.
+
+    Example:
+        >>> in_worker_process()  # the main process
+        False
+    """
     return os.environ.get(WORKER_ENV) == "1"
 
 
 class WorkerPyDataset:
-    """``PyDataset``'s constructor without Keras: what a worker process needs of the base."""
+    """``PyDataset``'s constructor without Keras: what a worker process needs of the base.
+
+    Example:
+        >>> base = WorkerPyDataset(workers=2, use_multiprocessing=True)
+        >>> base._workers, base._use_multiprocessing, base._max_queue_size  # where PyDataset keeps them
+        (2, True, 10)
+    """
 
     def __init__(self, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10) -> None:
         self._workers = workers

@@ -32,7 +32,19 @@ _KEYS = ("format", "epoch", "batch", "seed", "fingerprint", "shard")
 
 
 def fingerprint(dataset: Any) -> dict[str, Any]:
-    """What defines ``dataset``'s order, as JSON-ready values (see NOTE [ dataset state ])."""
+    """What defines ``dataset``'s order, as JSON-ready values (see NOTE [ dataset state ]).
+
+    Example:
+        >>> import numpy as np
+        >>> from kseq import Dataset
+        >>> f = fingerprint(Dataset({"x": np.arange(10)}, batch_size=4, seed=0))
+        >>> f["rows"], f["batch_size"], f["batches"]
+        (10, 4, 3)
+        >>> f == fingerprint(Dataset({"x": np.arange(10)}, batch_size=4, seed=0, workers=2))  # workers: no part
+        True
+        >>> f == fingerprint(Dataset({"x": np.arange(10)}, batch_size=5, seed=0))
+        False
+    """
     sampler = dataset.sampler
     fields = {name: [list(shape), np.dtype(dtype).str] for name, (shape, dtype) in dataset.source.fields.items()}
     return {

@@ -146,6 +146,16 @@ class NormalisedBatches:
     :class:`kseq.ModelView` (NOTE [ named batches and model structure ] in :mod:`kseq.structure`).
 
     A subclass sets ``_class_weight`` and ``_x_only`` and defines ``_raw_batch(index) -> (where, yield)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from kseq.legacy import GeneratorDataset
+        >>> def batches():
+        ...     while True:
+        ...         yield np.zeros((2, 3), "float32"), np.ones(2, "float32")
+        >>> ds = GeneratorDataset(batches(), steps_per_epoch=2)
+        >>> isinstance(ds, NormalisedBatches), ds.model_structure, ds.last_error
+        (True, None, None)
     """
 
     _class_weight: Any

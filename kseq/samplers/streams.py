@@ -49,6 +49,14 @@ class StreamLayout:
             last window, 0 for padding).
         starts: the window is the first of a piece: reset that row's state before it.
         timesteps: steps per window.
+
+    Example:
+        >>> layout = stream_layout([5, 2], batch_size=2, timesteps=2, split=False)
+        >>> layout.num_batches, layout.sequence.tolist(), layout.length.tolist()
+        (3, [[0, 1], [0, -1], [0, -1]], [[2, 2], [2, 0], [1, 0]])
+        >>> sequence, step = layout.steps(2)
+        >>> sequence.tolist(), step.tolist()
+        ([[0, -1], [-1, -1]], [[4, -1], [-1, -1]])
     """
 
     sequence: np.ndarray

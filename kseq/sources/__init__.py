@@ -31,7 +31,13 @@ __all__ = [
 def as_source(data: object) -> Source:
     """Wrap ``data`` as a Source: a Source passes through, a dict of arrays becomes an
     :class:`ArraySource`, a DataFrame a :class:`DataFrameSource`, a path (``str`` or
-    ``os.PathLike``) an :class:`HDF5Source` over every dataset in that HDF5 file."""
+    ``os.PathLike``) an :class:`HDF5Source` over every dataset in that HDF5 file.
+
+    Example:
+        >>> src = as_source({"x": np.arange(4)})
+        >>> type(src).__name__, as_source(src) is src, len(as_source(pd.DataFrame({"a": [1, 2]})))
+        ('ArraySource', True, 2)
+    """
     if isinstance(data, (str, os.PathLike)):
         return HDF5Source(data)
     if isinstance(data, pd.DataFrame):

@@ -33,6 +33,15 @@ class FieldLayout:
     ``chunk_offsets[k]`` that of chunk ``k`` of an unfiltered dataset chunked along rows only.
     Either makes it :attr:`direct`: read at byte offsets (``"memmap"`` or ``"pread"``), else in
     ``"blocks"``; NOTE [ HDF5 read paths ] in :mod:`kseq.sources.hdf5`.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.h5")
+        >>> with h5py.File(path, "w") as f:
+        ...     _ = f.create_dataset("g/x", data=np.zeros((4, 2), "float32"))
+        ...     _ = f.create_dataset("y", data=np.zeros(40), chunks=(8,), compression="gzip")
+        >>> [(lay.name, lay.layout, lay.chunks, lay.direct) for lay in field_layouts(path)]
+        [('g/x', 'contiguous', None, True), ('y', 'chunked', (8,), False)]
     """
 
     name: str

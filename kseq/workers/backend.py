@@ -18,6 +18,10 @@ class Done:
     ``value`` is backend-specific for ``"ok"`` (see :meth:`Backend.materialize`),
     ``(traceback_text, exception_or_None)`` for ``"error"``, and ``None`` for
     ``"skipped"`` (the request's epoch went stale before a worker started it).
+
+    Example:
+        >>> Done((0, 3), "skipped", None, "worker 1").key
+        (0, 3)
     """
 
     key: Key
@@ -36,6 +40,21 @@ class Backend(Protocol):
     where the worker is (its stack); ``notices()`` returns ``(kind, text)`` pairs the
     loader warns about once (a pool that ran short of shared memory, a global generator
     moved by a worker thread).
+
+    Example:
+        >>> import time
+        >>> from kseq.workers.threads import ThreadPool
+        >>> class Squares:
+        ...     def get_batch(self, index, epoch):
+        ...         return index * index
+        >>> pool: Backend = ThreadPool(workers=1)
+        >>> pool.submit(Squares(), (0, 3))
+        >>> done = []
+        >>> while not done:
+        ...     done = pool.poll(timeout=1.0)
+        >>> done[0].key, done[0].status, pool.materialize(done[0])
+        ((0, 3), 'ok', 9)
+        >>> pool.close(graceful=True)
     """
 
     def submit(self, dataset: Any, key: Key) -> None: ...
@@ -58,4 +77,10 @@ class Backend(Protocol):
 
 
 def in_window(epoch: int, low: int) -> bool:
+    """Whether a request for ``epoch`` is still wanted once the loader serves epoch ``low``: ``low`` or ``low + 1``.
+
+    Example:
+        >>> [in_window(e, 3) for e in (2, 3, 4, 5)]
+        [False, True, True, False]
+    """
     return low <= epoch <= low + 1

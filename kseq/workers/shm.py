@@ -64,7 +64,7 @@ class NoSpace(OSError):
     """A slot could not be created or grown: the directory (or the descriptor table) is full.
 
     Example:
-        >>> issubclass(NoSpace, OSError)  # the loader catches it and sends that batch through the pipe
+        >>> issubclass(NoSpace, OSError)  # the process pool catches it: that batch goes through the pipe
         True
     """
 

@@ -1,20 +1,31 @@
 """Batch assembly in memory: MultiInputDataset vs numpy fancy indexing, a per-sample PyDataset and tf.data;
-and `model.fit` steps/s fed by MultiInputDataset vs numpy arrays.
+and `model.fit` steps/s fed by MultiInputDataset vs numpy arrays, with glibc's malloc as TensorFlow leaves it
+and after ``kseq.tune_malloc()``.
 
 Data: a 512-float feature vector and 31 int32 tokens per sample, plus an int label; batch 256.
+
+The fit variants are timed in turns (best of 3). ``tune_malloc`` changes the whole process, so before each
+variant's turn its malloc setting is applied: ``tune_malloc()`` for the tuned variant, and for every other
+variant the thresholds TensorFlow leaves (NOTE [ malloc thresholds ] in kseq/workers/malloc.py: TF sets
+``M_TRIM_THRESHOLD`` to 128 KiB, which freezes glibc's mmap threshold at its 128 KiB start). Minor page faults
+per step are reported beside the rates: they show which setting each turn ran under.
 """
 
 from __future__ import annotations
 
+import resource
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from benchmarks.common import Result, rate, ratios
-from kseq import MultiInputDataset
+from kseq import MultiInputDataset, tune_malloc
 
 BATCH = 256
+AS_TF_LEAVES_IT = {"mmap_threshold": 128 * 2**10, "trim_threshold": 128 * 2**10}  # glibc after TF's patch
+TUNED: dict[str, int] = {}  # tune_malloc()'s defaults
 
 
 def _data(n: int) -> dict[str, np.ndarray]:
@@ -99,18 +110,64 @@ def _model() -> keras.Model:
     return model
 
 
-def _fit_rates(variants: dict[str, dict], steps: int, epochs: int, repeats: int = 3) -> dict[str, float]:
-    """Best of ``repeats`` fit rates per variant, the variants timed in turn so drift hits them alike."""
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def in_turns(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each run's value in each of ``repeats`` turns; every run goes once per turn, in order, so drift and
+    other load on the machine hit them alike."""
+    values: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run_once in runs.items():
+            values[name].append(run_once())
+    return values
+
+
+def best_in_turns(suite: str, values: dict[str, list[float]], baseline: str, targets: dict[str, str] | None = None,
+                  unit: str = "steps/s") -> list[Result]:
+    """Rows of the best value of each run and its ratio to the best baseline; the name carries the spread:
+    the range of the runs' values and of their ratios to the baseline of the same turn."""
+    rows = ratios(suite, {name: max(v) for name, v in values.items()}, baseline, targets, unit)
+    for row in rows:
+        v = values[row.name]
+        turns = [a / b for a, b in zip(v, values[baseline], strict=True)]
+        spread = f"{min(v):.1f}-{max(v):.1f}" if row.name == baseline else f"{min(turns):.2f}-{max(turns):.2f}x"
+        row.name = f"{row.name} [{len(v)} turns: {spread}]"
+    return rows
+
+
+def _fit_rates(variants: dict[str, dict], steps: int, epochs: int, repeats: int = 3
+               ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Fit rates per variant in each of ``repeats`` turns (:func:`in_turns`).
+
+    Each variant is ``{"malloc": thresholds for tune_malloc, **fit arguments}``; its thresholds are set
+    before its warm-up and before each of its turns. Also returns the fewest minor page faults per step.
+    """
     models = {name: _model() for name in variants}
     for name, args in variants.items():
-        models[name].fit(**args, epochs=1, verbose=0)  # trace and warm up
-    best = dict.fromkeys(variants, 0.0)
-    for _ in range(repeats):
-        for name, args in variants.items():
-            start = time.perf_counter()
-            models[name].fit(**args, epochs=epochs, verbose=0)
-            best[name] = max(best[name], steps * epochs / (time.perf_counter() - start))
-    return best
+        tune_malloc(**args["malloc"])
+        models[name].fit(**_fit_args(args), epochs=1, verbose=0)  # trace and warm up
+    faults = dict.fromkeys(variants, float("inf"))
+
+    def turn(name: str) -> Callable[[], float]:
+        def fit_once() -> float:
+            tune_malloc(**variants[name]["malloc"])
+            before, start = _minor_faults(), time.perf_counter()
+            models[name].fit(**_fit_args(variants[name]), epochs=epochs, verbose=0)
+            seconds = time.perf_counter() - start
+            faults[name] = min(faults[name], (_minor_faults() - before) / (steps * epochs))
+            return steps * epochs / seconds
+
+        return fit_once
+
+    rates = in_turns({name: turn(name) for name in variants}, repeats)
+    tune_malloc(**AS_TF_LEAVES_IT)
+    return rates, faults
+
+
+def _fit_args(variant: dict) -> dict:
+    return {k: v for k, v in variant.items() if k != "malloc"}
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -131,19 +188,22 @@ def run(quick: bool = False) -> list[Result]:
 
     epochs = 2 if quick else 4
     x = {"features": data["features"], "tokens": data["tokens"]}
-    fit_rates = _fit_rates(
+    fit_rates, faults = _fit_rates(
         {
-            "fit numpy arrays": {"x": x, "y": data["label"], "batch_size": BATCH},
-            "fit kseq MultiInputDataset": {"x": kseq_ds, "shuffle": False},
+            "fit numpy arrays": {"x": x, "y": data["label"], "batch_size": BATCH, "malloc": AS_TF_LEAVES_IT},
+            "fit kseq MultiInputDataset": {"x": kseq_ds, "shuffle": False, "malloc": AS_TF_LEAVES_IT},
+            "fit kseq MultiInputDataset, tune_malloc()": {"x": kseq_ds, "shuffle": False, "malloc": TUNED},
             "fit PyDataset of precomputed batches (floor of the path)": {
                 "x": Precomputed([kseq_ds[i] for i in range(len(kseq_ds))]),
                 "shuffle": False,
+                "malloc": AS_TF_LEAVES_IT,
             },
         },
         batches,
         epochs,
         repeats=1 if quick else 3,
     )
-    results += ratios("fit", fit_rates, "fit numpy arrays", {"fit kseq MultiInputDataset": ">= 0.95x"},
-                      unit="steps/s")
+    targets = {"fit kseq MultiInputDataset": ">= 0.95x", "fit kseq MultiInputDataset, tune_malloc()": ">= 0.95x"}
+    results += best_in_turns("fit", fit_rates, "fit numpy arrays", targets)
+    results += [Result("faults", name, value, "faults/step") for name, value in faults.items()]
     return results

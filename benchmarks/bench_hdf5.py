@@ -88,8 +88,8 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
         ("kseq contiguous (pread)", "numpy in RAM, fancy index", None),
         ("kseq contiguous (pread)", "h5py per-row reads (naive)", None),
         ("kseq chunked, no filter (direct)", "h5py slices, contiguous file", ">= 0.7x"),
-        ("kseq gzip chunks, block shuffle", "h5py slices, gzip file", ">= 0.7x"),
-        ("kseq gzip chunks, block shuffle", "h5py slices, contiguous file", None),
+        ("kseq gzip chunks, block shuffle", "h5py slices, gzip file", None),
+        ("kseq gzip chunks, block shuffle", "h5py slices, contiguous file", ">= 0.7x"),  # issue 3's target
         ("kseq gzip chunks, exact shuffle", "h5py slices, gzip file", None),
     ]
     rows = [Result(SUITE, name, value) for name, value in rates.items() if not name.startswith("kseq")]

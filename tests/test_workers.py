@@ -250,7 +250,7 @@ class TestConfig:
         """In a fresh process per case: the Keras backend, and JAX code the user ran, decide."""
         if importlib.util.find_spec(backend) is None:
             pytest.skip(f"{backend} is not installed")
-        script = f"import keras; {code}; from kseq.workers import default_start_method; print(default_start_method())"
+        script = f"import keras\n{code}\nfrom kseq.workers import default_start_method\nprint(default_start_method())"
         env = {**os.environ, "KERAS_BACKEND": backend}
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                              check=True).stdout

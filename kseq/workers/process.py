@@ -46,6 +46,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -372,10 +373,24 @@ def _loads(data: bytes | None) -> BaseException | None:
 # -- the worker side -------------------------------------------------------------------
 
 
+def _one_torch_thread() -> None:
+    """Where the parent ran PyTorch, give this worker one torch thread, as torch's own DataLoader workers do.
+
+    torch's intra-op thread pool does not survive ``fork``: a forked worker's first parallel
+    torch op waits forever for threads that were not copied (measured: ``keras.ops.tanh``
+    hung in a worker forked after ``fit`` on the torch backend). Asked of ``sys.modules``
+    only: nothing is imported.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent(parent_pid)
     tune_malloc()
+    _one_torch_thread()
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     try:
         conn.recv()  # "stack", then the descriptor faulthandler writes to

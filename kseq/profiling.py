@@ -174,7 +174,7 @@ class Profile:
         pool = "inline" if self.mode == "inline" else f"{self.workers} {self.mode}"
         lines = [
             f"kseq.profile: {self.name}, {pool}, {self.batches} batches x {self.passes} passes, "
-            f"{self.batch_bytes / 1e6:,.2f} MB per batch",
+            f"{_size(self.batch_bytes)} per batch",
             f"  delivered: {self.rate:,.1f} batches/s, {self.mb_per_s:,.1f} MB/s; first batch "
             f"{1e3 * self.first_batch_s:,.1f} ms" + ("" if self.mode == "inline" else " (pool start included)"),
             f"  {'stage (median)':<30} {'where':<14} {'ms/batch':>9} {'share':>6}",
@@ -225,6 +225,10 @@ class Profile:
         over_time.legend(fontsize=8)
         fig.tight_layout()
         return fig
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e3:,.1f} kB" if nbytes < 1e6 else f"{nbytes / 1e6:,.1f} MB"
 
 
 def profile(ds: Any, model: Any = None, *, batches: int | None = None, epochs: int = 2) -> Profile:

@@ -180,7 +180,7 @@ class TestCommandLine:
         code = main(["profile", str(h5_file), "--batch-size", "64", "--batches", "4", "--epochs", "1"])
         out = capsys.readouterr().out
         assert code == 0
-        assert out.startswith("kseq.profile: Dataset, inline, 4 batches x 1 passes, 0.07 MB per batch")
+        assert out.startswith("kseq.profile: Dataset, inline, 4 batches x 1 passes, 65.8 kB per batch")
         assert "source read" in out
         assert "verdict: input alone" in out
 

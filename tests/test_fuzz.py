@@ -1,0 +1,270 @@
+"""Property-based fuzzing of every public constructor (the classes in ``kseq.__all__``) and of ``pack``/``inspect``.
+
+The oracle, for any input: the call succeeds, or raises a ``KseqError`` subclass (or a builtin ``TypeError`` /
+``IndexError`` that kseq documents for indices and types) whose message says what was expected or received (a
+``SourceError``, about a missing or corrupt file, names the file instead); never a raw numpy, h5py or pickle
+error, never a hang (each call runs under a 20 s alarm). Each constructor starts from a valid call and has one
+or two of its arguments replaced by junk.
+"""
+
+import contextlib
+import inspect
+import re
+import signal
+import tempfile
+import warnings
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kseq
+from kseq.cli import inspect as inspect_file
+from kseq.errors import KseqError, SourceError
+
+EXAMPLES = 12  # per constructor: about 20 constructors and pack/inspect stay well under a minute together
+HANG_S = 20
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+WORDY = re.compile(r"expected|received", re.IGNORECASE)
+
+_JUNK_VALUES = [
+    None, True, False, 0, -1, 1, 7, 2**63, -(2**31), 0.5, -0.0, float("nan"), float("inf"), "", "x", "block",
+    "label", b"\x00\xff", [], [0], [1, 2, 3], ["x", "y"], (), (0, 1), {}, {"x": 1}, {"x": "y"}, {0: 1.0},
+    {"x": np.zeros(3)}, object(), np.int64(3), np.float32(2.5), np.bool_(True),
+    np.zeros(0), np.zeros((0, 3)), np.zeros((3, 0)), np.arange(5), np.ones((4, 2), "float32"),
+    np.array(["a", "b"]), np.array([None, 1], dtype=object), np.array(3.0), np.full(4, np.nan),
+    pd.DataFrame({"x": [1, 2]}), pd.DataFrame(), lambda: None, print, Ellipsis,
+]
+JUNK = st.one_of(
+    st.sampled_from(_JUNK_VALUES),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.lists(st.integers(-5, 5), max_size=5),
+    st.dictionaries(st.text(max_size=3), st.integers(-3, 3), max_size=3),
+)
+
+
+def _hang(signum, frame):
+    raise TimeoutError(f"a call took longer than {HANG_S} s: a hang")
+
+
+def check_call(fn, *args, **kwargs):
+    """Run ``fn`` under the oracle (module docstring)."""
+    previous = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(HANG_S)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = fn(*args, **kwargs)
+    except SourceError:  # a file that is missing or corrupt: its message names the file, there is no "expected"
+        return None
+    except (KseqError, TypeError, IndexError) as e:
+        if not WORDY.search(str(e)):
+            raise AssertionError(f"{type(e).__name__} without expected/received: {e}") from e
+        return None
+    except TimeoutError:
+        raise
+    except Exception as e:
+        raise AssertionError(f"raw {type(e).__module__}.{type(e).__name__} escaped: {e}") from e
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    with contextlib.suppress(Exception):
+        result.close()
+    return result
+
+
+# -- valid starting points ---------------------------------------------------------------------------------
+
+WORK = Path(tempfile.mkdtemp(prefix="kseq-fuzz-"))
+
+
+def _rows(n=12):
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(n, 3)).astype("float32"), "label": np.arange(n) % 3, "t": np.arange(n) % 2}
+
+
+def _h5():
+    path = WORK / "base.h5"
+    if not path.exists():
+        with h5py.File(path, "w") as f:
+            for name, array in _rows().items():
+                f.create_dataset(name, data=array)
+    return str(path)
+
+
+def _model():
+    inputs = keras.Input((3,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(1, name="t")(inputs))
+
+
+def _dataset():
+    return kseq.MultiInputDataset(_rows(), inputs="x", targets="t", batch_size=4, seed=0)
+
+
+def _generator():
+    def batches():
+        while True:
+            yield np.zeros((2, 3), "float32"), np.zeros((2, 1), "float32")
+
+    return batches()
+
+
+def _structure():
+    return kseq.ModelStructure.of(_model())
+
+
+def _class_index():
+    from kseq.samplers import ClassIndex
+
+    return ClassIndex(np.arange(12) % 3)
+
+
+def _profile_args():
+    return {"name": "p", "mode": "inline", "workers": 1, "batches": 2, "passes": 1, "batch_bytes": 8,
+            "first_batch_s": 0.1, "delivered_s": (0.1, 0.1)}
+
+
+# name -> () -> (positional args, keyword args) of one valid call
+BASELINES = {
+    "ArraySource": lambda: ((_rows(),), {}),
+    "BackupAndRestore": lambda: ((str(WORK / "backup"), _dataset()), {}),
+    "BlockShuffleSampler": lambda: ((100,), {"batch_size": 8, "block_size": 10, "seed": 0}),
+    "CaptionDataset": lambda: (
+        (np.zeros((3, 4), "float32"), [[[1, 2, 3]], [[1, 2]], [[4, 5, 6, 7]]]), {"batch_size": 2, "seed": 0}
+    ),
+    "CheckReport": lambda: ((_structure(),), {}),
+    "DataFrameSource": lambda: ((pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5]}),), {}),
+    "Dataset": lambda: ((_rows(),), {"batch_size": 4, "seed": 0}),
+    "GeneratorDataset": lambda: ((_generator(), 3), {}),
+    "HDF5Source": lambda: ((_h5(),), {}),
+    "ModelStructure": lambda: ((), {"input_kind": "dict", "inputs": (), "output_kind": "single", "outputs": ()}),
+    "ModelView": lambda: ((_dataset(), _model()), {}),
+    "MultiInputDataset": lambda: ((_rows(),), {"inputs": "x", "targets": "t", "batch_size": 4, "seed": 0}),
+    "PKSampler": lambda: ((_class_index(),), {"batch_size": 6, "classes_per_batch": 3, "seed": 0}),
+    "Profile": lambda: ((), _profile_args()),
+    "ResetStates": lambda: ((), {}),
+    "SequentialSampler": lambda: ((10,), {"batch_size": 3}),
+    "ShuffleSampler": lambda: ((10,), {"batch_size": 3, "seed": 0}),
+    "SiamesePairDataset": lambda: ((_rows(),), {"label": "label", "fields": "x", "batch_size": 4, "seed": 0}),
+    "StatefulSequenceDataset": lambda: ((np.arange(40.0),), {"batch_size": 2, "timesteps": 4}),
+    "TripletDataset": lambda: ((_rows(),), {"label": "label", "fields": "x", "batch_size": 3, "seed": 0}),
+    "Vocabulary": lambda: ((["a", "b", "c"],), {}),
+}
+NOT_CONSTRUCTED = {"Source"}  # a Protocol: nothing to construct
+
+# Raw errors this fuzzing found in constructors whose files the fuzz's author does not own (reported in issue 14's
+# closing note). Marked xfail, not strict: the first fix turns them into passes; then remove the entry.
+KNOWN = {
+    "BlockShuffleSampler": "n=nan: raw ValueError from int(); n=None: raw TypeError from int()",
+    "CaptionDataset": "captions=None: TypeError 'object of type NoneType has no len()'",
+    "DataFrameSource": "columns=True: TypeError 'bool object is not iterable'",
+    "GeneratorDataset": "class_weight=True without model=: a StructureError with no Expected/Received",
+    "ModelView": "dataset={}: raw KeyError 0; dataset='': IndexError 'string index out of range'; "
+                 "dataset=None: TypeError 'NoneType object is not subscriptable'",
+    "MultiInputDataset": "class_weight=True: raw AttributeError 'bool object has no attribute values'",
+    "PKSampler": "seed=nan: raw ValueError from int(); seed=None: raw TypeError from int()",
+    "SequentialSampler": "n=inf: raw OverflowError; n=nan: raw ValueError; n=None: raw TypeError from int()",
+    "ShuffleSampler": "n or seed = inf / nan / None: raw OverflowError / ValueError / TypeError from int()",
+    "SiamesePairDataset": "fields=True: TypeError 'bool object is not iterable'",
+    "StatefulSequenceDataset": "shuffle=np.array([]) (or stride=, use_multiprocessing=): raw ValueError 'truth "
+                               "value of an empty array is ambiguous'; inputs=True: TypeError 'bool object is not "
+                               "iterable'",
+    "TripletDataset": "fields=True: TypeError 'bool object is not iterable'",
+    "Vocabulary": "start={}: TypeError 'unhashable type: dict'; words=None: TypeError 'NoneType is not iterable'",
+}
+KNOWN_PACK = ("progress=-1: raw AttributeError 'int object has no attribute write'; length=True with arrays: a "
+              "StructureError with no Expected/Received")
+
+
+def public_classes():
+    names = []
+    for name in kseq.__all__:
+        value = getattr(kseq, name)
+        if inspect.isclass(value) and not issubclass(value, BaseException) and name not in NOT_CONSTRUCTED:
+            names.append(name)
+    return names
+
+
+def _parameters(cls, args, kwargs):
+    """Names of the constructor's arguments: positional ones as indices, the rest by keyword."""
+    signature = inspect.signature(cls)
+    names = list(range(len(args)))
+    for name, parameter in signature.parameters.items():
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD) and name not in (
+            list(signature.parameters)[: len(args)]
+        ):
+            names.append(name)
+    return names
+
+
+def test_every_public_class_has_a_fuzz_baseline():
+    """A class added to kseq.__all__ joins the fuzzing here: give it a valid call in BASELINES."""
+    assert sorted(set(public_classes()) - set(BASELINES)) == []
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_the_baseline_call_is_valid(name):
+    args, kwargs = BASELINES[name]()
+    assert check_call(getattr(kseq, name), *args, **kwargs) is not None or name in ("ResetStates",)
+
+
+def _fuzzed(name):
+    if name in KNOWN:
+        return pytest.param(name, marks=pytest.mark.xfail(reason=f"known, not yet fixed: {KNOWN[name]}", strict=False))
+    return name
+
+
+@pytest.mark.parametrize("name", [_fuzzed(name) for name in sorted(BASELINES)])
+@SETTINGS
+@given(data=st.data())
+def test_constructors_refuse_junk_with_a_kseq_error(name, data):
+    cls = getattr(kseq, name)
+    args, kwargs = BASELINES[name]()
+    targets = _parameters(cls, args, kwargs)
+    if name == "BackupAndRestore":  # a junk string is a directory it would create: keep its path
+        targets = [t for t in targets if t != 0]
+    chosen = data.draw(st.lists(st.sampled_from(targets), min_size=1, max_size=2, unique=True), label="replaced")
+    args = list(args)
+    for target in chosen:
+        junk = data.draw(JUNK, label=str(target))
+        if isinstance(target, int):
+            args[target] = junk
+        else:
+            kwargs[target] = junk
+    check_call(cls, *args, **kwargs)
+
+
+# -- pack and inspect ----------------------------------------------------------------------------------------
+
+PACK_OPTIONS = ["chunks", "compression", "compression_opts", "length", "dtypes", "overwrite", "progress"]
+
+
+@pytest.mark.xfail(reason=f"known, not yet fixed: {KNOWN_PACK}", strict=False)
+@SETTINGS
+@given(data=st.data())
+def test_pack_refuses_junk_with_a_kseq_error(data):
+    fields = data.draw(st.one_of(JUNK, st.just(_rows()), st.builds(lambda j: {"x": j}, JUNK)), label="fields")
+    options = {"overwrite": True, "progress": False}
+    for option in data.draw(st.lists(st.sampled_from(PACK_OPTIONS), max_size=2, unique=True), label="options"):
+        options[option] = data.draw(JUNK, label=option)
+    check_call(kseq.pack, WORK / "packed.h5", fields, **options)
+
+
+@SETTINGS
+@given(content=st.one_of(st.binary(max_size=64), st.sampled_from([b"\x89HDF\r\n\x1a\n" + bytes(64), b""])))
+def test_inspect_refuses_junk_files_with_a_kseq_error(content):
+    path = WORK / "junk.h5"
+    path.write_bytes(content)
+    check_call(inspect_file, path)
+
+
+def test_inspect_of_a_missing_file_is_a_kseq_error():
+    check_call(inspect_file, WORK / "missing.h5")

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
-from kseq.sources import ArraySource, DataFrameSource, HDF5Source, Source, as_source
+from kseq.sources import ArraySource, HDF5Source, Source, as_source
 from kseq.sources.pack import pack
 from kseq.text import Vocabulary, tokenize
 from kseq.workers import tune_malloc
 
-if TYPE_CHECKING:  # the Keras layer, for type checkers; at run time see __getattr__
+if TYPE_CHECKING:  # the Keras layer and DataFrameSource (pandas), for type checkers; at run time see __getattr__
     from kseq import legacy
     from kseq.callbacks import ResetStates
     from kseq.datasets import (
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the Keras layer, for type checkers; at run time see __getat
     from kseq.legacy import GeneratorDataset
     from kseq.profiling import Profile, profile
     from kseq.resume import BackupAndRestore
+    from kseq.sources.dataframe import DataFrameSource
     from kseq.structure import ModelStructure
     from kseq.validation import CheckReport, check
 
@@ -50,6 +51,7 @@ _LAZY: dict[str, str] = {
     "BackupAndRestore": "kseq.resume",
     "CaptionDataset": "kseq.datasets",
     "CheckReport": "kseq.validation",
+    "DataFrameSource": "kseq.sources.dataframe",
     "Dataset": "kseq.datasets",
     "GeneratorDataset": "kseq.legacy",
     "ModelStructure": "kseq.structure",

@@ -12,15 +12,16 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from kseq.errors import KseqError, SourceError, StructureError
-from kseq.sources.dataframe import DataFrameSource
 from kseq.sources.hdf5 import FieldLayout, choose_readers, field_layouts
 from kseq.sources.pack import pack
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["inspect", "main", "read_inputs"]
 
@@ -150,6 +151,8 @@ def _parse_spec(spec: str) -> tuple[str | None, Path]:
 
 def _read_table(name: str | None, path: Path, batch_rows: int) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
     if path.suffix.lower() == ".csv":
+        import pandas as pd  # here: only tables need pandas, so inspect and array packing start faster
+
         dtypes, text = _csv_dtypes(path, batch_rows)
         frames = pd.read_csv(path, chunksize=batch_rows, dtype=dict.fromkeys(text, str))
         return _cast(frames, dtypes, name, path), None
@@ -168,6 +171,8 @@ def _cast(
     frames: Iterable[pd.DataFrame], dtypes: dict[str, np.dtype], name: str | None, path: Path
 ) -> Iterator[dict[str, np.ndarray]]:
     """Each batch as ``{field: array}`` in the dtypes fixed over the whole table (UTF-8 for text)."""
+    from kseq.sources.dataframe import DataFrameSource  # pandas, as in _read_table
+
     for frame in frames:
         arrays = DataFrameSource(frame).arrays
         batch = {}
@@ -186,6 +191,8 @@ def _cast(
 
 def _csv_dtypes(path: Path, batch_rows: int) -> tuple[dict[str, np.dtype], list[str]]:
     """A first pass over a CSV file: each column's dtype over all batches, and its text columns."""
+    import pandas as pd  # as in _read_table
+
     numeric: dict[str, np.dtype] = {}
     text: set[str] = set()
     for frame in pd.read_csv(path, chunksize=batch_rows):

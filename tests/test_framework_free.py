@@ -52,14 +52,14 @@ def test_kseq_s_own_dataset_gives_the_same_batches_in_framework_free_workers():
 
 
 def test_inspect_imports_no_framework(tmp_path: Path):
-    """`python -m kseq inspect` answers from h5py alone: no Keras, no backend in the process."""
+    """`python -m kseq inspect` answers from h5py alone: no Keras, no backend, not even pandas in the process."""
     path = tmp_path / "a.h5"
     with h5py.File(path, "w") as f:
         f["x"] = np.zeros((10, 3), "float32")
     code = (
         "import runpy, sys; sys.argv = ['kseq', 'inspect', sys.argv[1]]\n"
         "try:\n    runpy.run_module('kseq', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-        f"print('LOADED', sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+        f"print('LOADED', sorted(m for m in {(*FRAMEWORKS, 'pandas')!r} if m in sys.modules))"
     )
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -10,7 +11,7 @@ import numpy as np
 from kseq.errors import StructureError
 from kseq.validators import known_fields
 
-__all__ = ["Source", "cheap_row_reads", "check_fields", "check_indices"]
+__all__ = ["Source", "cheap_row_reads", "check_fields", "check_indices", "is_dataframe"]
 
 
 @runtime_checkable
@@ -83,3 +84,13 @@ def check_fields(fields: Sequence[str] | None, available: Mapping[str, object]) 
 def cheap_row_reads(source: object) -> bool:
     """Whether ``source`` declares ``cheap_row_reads = True`` (see :class:`Source`); ``False`` if it says nothing."""
     return getattr(source, "cheap_row_reads", False) is True
+
+
+def is_dataframe(value: object) -> bool:
+    """Whether ``value`` is a ``pandas.DataFrame``, without importing pandas.
+
+    A DataFrame exists only where pandas was imported, so only then is pandas asked; kseq's
+    core (``import kseq``, ``python -m kseq inspect``) then loads no pandas it does not use.
+    """
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)

@@ -23,17 +23,19 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from kseq.errors import SourceError, StructureError
 from kseq.sources.array import ArraySource
-from kseq.sources.dataframe import DataFrameSource
+from kseq.sources.base import is_dataframe
 from kseq.sources.hdf5 import HDF5Source
 from kseq.validators import integer, one_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["pack"]
 
@@ -159,8 +161,8 @@ def _chunk_rows(chunks: object, compressed: bool) -> int | str | None:
 
 def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
     """The rows to write as an iterator of ``{name: array}`` batches, and their total if known."""
-    if isinstance(fields, pd.DataFrame):
-        fields = DataFrameSource(fields).arrays
+    if is_dataframe(fields):
+        fields = _frame_arrays(fields)
     if isinstance(fields, Mapping):
         arrays = ArraySource({k: _storable(k, v) for k, v in fields.items()}).arrays
         total = len(next(iter(arrays.values())))
@@ -186,8 +188,8 @@ def _slices(arrays: dict[str, np.ndarray], total: int) -> Iterator[dict[str, np.
 
 
 def _batch_arrays(batch: object, number: int) -> dict[str, np.ndarray]:
-    if isinstance(batch, pd.DataFrame):
-        batch = DataFrameSource(batch).arrays
+    if is_dataframe(batch):
+        batch = _frame_arrays(batch)
     if not isinstance(batch, Mapping):
         msg = f"Batch {number} of the stream is a {type(batch).__name__}. Expected {{name: array}} or a DataFrame."
         raise StructureError(msg)
@@ -379,3 +381,9 @@ class _Progress:
         self.drawn = self.done
         self.stream.write(f"\r{self.label}: {bar}, {rate:,.0f} rows/s")  # type: ignore[union-attr]
         self.stream.flush()  # type: ignore[union-attr]
+
+
+def _frame_arrays(frame: Any) -> dict[str, np.ndarray]:
+    from kseq.sources.dataframe import DataFrameSource  # pandas: the caller passed a DataFrame
+
+    return DataFrameSource(frame).arrays

@@ -1,5 +1,9 @@
-"""Every notebook in notebooks/ is executed, top to bottom, so none can rot."""
+"""The notebooks: each is executed top to bottom, so none can rot; the copy committed with its outputs (what a
+reader sees on the repository page) must match in kind what running it shows; what each one says it finds
+must hold in the committed outputs and in the run."""
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -7,14 +11,95 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
+def _percent(text, pattern):
+    return [float(v) for v in re.search(pattern, text).groups()]
+
+
+def _captioning(text):
+    """Bucketing cuts padding; greedy captions name colour and shape, and prompted ones the whole caption."""
+    without, with_buckets = _percent(text, r"padding: (\d+)% of decoder positions without bucketing, (\d+)% with")
+    assert with_buckets < without / 2
+    short, long = _percent(text, r"colour and shape right in (\d+)% of 120 held-out images; .* in (\d+)%")
+    assert short >= 90
+    assert long >= 80
+
+
+def _siamese(text):
+    """Exactly half of each batch is same-digit pairs; the loss falls; held-out pair accuracy is above 0.85."""
+    assert "same-digit pairs in batch 0: 32 of 64" in text
+    first, last = _percent(text, r"epoch  1: loss ([\d.]+).*\n(?:.*\n)*?epoch 25: loss ([\d.]+)")
+    assert last < first / 2
+    (accuracy,) = _percent(text, r"held-out pair accuracy: ([\d.]+) on 450 pairs")
+    assert accuracy > 0.85
+
+
+def _stateful(text):
+    """The carried state beats the same windows without it, every model beats persistence, and a jump is refused."""
+    rmse = {name.strip(): float(v) for name, v in re.findall(r"^(.+?)\s+test RMSE\s+([\d.]+) sunspots", text, re.M)}
+    assert set(rmse) == {"stateful LSTM", "sliding 8-year windows", "same windows, no state", "persistence (last year)"}
+    assert rmse["stateful LSTM"] < rmse["same windows, no state"]
+    assert max(v for k, v in rmse.items() if not k.startswith("persistence")) < rmse["persistence (last year)"]
+    assert "StructureError: StatefulSequenceDataset was asked for batch 3 after serving batch 0 last" in text
+
+
+STATED = {"image_captioning": _captioning, "siamese_pairs": _siamese, "stateful_lstm": _stateful}
+
+
+def text_of(notebook):
+    """Everything a notebook printed or displayed as text, in cell order."""
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                parts.append(output["text"])
+            elif "data" in output:
+                parts.append(output["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def kinds(notebook):
+    """Per code cell: (has outputs other than stderr, shows an image, raised)."""
+    return [
+        (
+            any(o.get("name") != "stderr" for o in cell.outputs),
+            any("image/png" in o.get("data", {}) for o in cell.outputs),
+            any(o.get("output_type") == "error" for o in cell.outputs),
+        )
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+    ]
+
+
+def test_every_notebook_states_what_is_checked():
+    assert {p.stem for p in NOTEBOOKS} == set(STATED)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_the_committed_notebook_shows_its_results(path):
+    """Executed in order, no errors, its plots present, its stated results in its outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    committed = nbformat.read(path, as_version=4)
+    cells = [c for c in committed.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1))
+    assert not any(error for _, _, error in kinds(committed))
+    assert any(image for _, image, _ in kinds(committed))
+    STATED[path.stem](text_of(committed))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_the_notebook_runs_as_committed(path):
+    """A fresh run raises nowhere, shows its plots in the same cells as the committed copy, and its results hold."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(path, as_version=4)
+    committed = nbformat.read(path, as_version=4)
+    notebook = copy.deepcopy(committed)
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
+    ran, shown = kinds(notebook), kinds(committed)
+    assert [image for _, image, _ in ran] == [image for _, image, _ in shown]
+    assert [out for out, _, _ in ran] == [out for out, _, _ in shown]
+    STATED[path.stem](text_of(notebook))

@@ -39,7 +39,7 @@ from kseq.samplers.streams import StreamLayout, StreamSampler
 from kseq.sources import ArraySource, Source, as_source
 from kseq.sources.concat import ConcatSource
 from kseq.validation import CheckReport
-from kseq.validators import batch_index, integer
+from kseq.validators import batch_index, integer, known_fields
 
 __all__ = ["StatefulSequenceDataset"]
 
@@ -383,16 +383,10 @@ def _common_fields(sources: list[Source]) -> Mapping[str, tuple[tuple[int, ...],
 
 def _names(names: Names | None, argument: str, fields: Mapping) -> list[str]:
     chosen = list(fields) if names is None else [names] if isinstance(names, str) else list(names)
-    if not chosen or not all(isinstance(n, str) for n in chosen):
+    if not chosen:
         msg = f"{argument} must be a field name or a list of field names. Received {argument}={names!r:.80}."
         raise StructureError(msg)
-    missing = [n for n in chosen if n not in fields]
-    if missing:
-        msg = (
-            f"{argument} names field(s) {missing} that the series do not have. Expected names from "
-            f"{list(fields)} (a bare array is the field 'series')."
-        )
-        raise StructureError(msg)
+    known_fields(chosen, fields, argument, fix="(A bare array is the field 'series'.)")
     return chosen
 
 

@@ -102,10 +102,14 @@ def test_guides_are_in_the_nav(site):
 # -- the guides run ---------------------------------------------------------------------------------------
 
 
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
 @pytest.mark.parametrize("page", GUIDES, ids=[p.stem for p in GUIDES])
 def test_guide_code_runs(page, tmp_path, monkeypatch):
     """Every ``python`` block of a guide runs, in order, in one namespace, in an empty working folder."""
-    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+    blocks = python_blocks(page)
     assert blocks, f"{page.name} has no runnable example"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs_{page.stem}"}

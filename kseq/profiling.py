@@ -238,8 +238,11 @@ def profile(ds: Any, model: Any = None, *, batches: int | None = None, epochs: i
         ds: a kseq :class:`~kseq.Dataset`, a :class:`~kseq.ModelView` of one, or any
             ``keras.utils.PyDataset`` (timed as one stage, ``__getitem__``).
         model: a built, compiled Keras model. ``profile`` trains it on the batches to time its
-            step (``fit`` on the batches held in memory, then on ``ds``), and puts its weights and
-            optimizer state back afterwards. A list-built model gets ``ds.for_model(model)``.
+            step (``fit`` on the batches held in memory and on ``ds``, in turns), and puts its weights
+            and optimizer state back afterwards. A kseq dataset (or view) is read through
+            ``ds.for_model(model)``; any other PyDataset must already give what the model takes, and
+            is read inline by the stage and delivery passes (Keras's own pool, if it has one, runs
+            in the ``fit`` turns only).
         batches: batches per pass (default: ``min(len(ds), 20)``): the first ones of each epoch.
         epochs: timed passes over them (with a model, ``fit`` runs one more of each, untimed, to compile).
 
@@ -256,7 +259,7 @@ def profile(ds: Any, model: Any = None, *, batches: int | None = None, epochs: i
                f"{model.name!r}. Call model.compile(...) first.")
         raise StructureError(msg)
     data = ds.dataset if isinstance(ds, ModelView) else ds
-    feed = data.for_model(model) if model is not None and isinstance(data, Dataset) else ds
+    feed = ds.for_model(model) if model is not None and isinstance(ds, (Dataset, ModelView)) else ds
     count = min(len(feed), 20) if batches is None else integer(batches, "batches", minimum=2)
     count = min(count, len(feed))
     passes = integer(epochs, "epochs", minimum=1)

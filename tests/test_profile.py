@@ -77,9 +77,11 @@ class TestStages:
         assert p.batch_bytes == 64 * WIDTH * 4 + 64 * 4
         assert p.mb_per_s == pytest.approx(p.rate * p.batch_bytes / 1e6)
 
-    def test_with_a_list_built_model_adaptation_is_a_stage(self, arrays):
+    @pytest.mark.parametrize("given", ["dataset", "view"])
+    def test_with_a_list_built_model_adaptation_is_a_stage(self, arrays, given):
         ds = kseq.MultiInputDataset(arrays, inputs="x", targets="y", batch_size=64, seed=0)
-        p = kseq.profile(ds, dense_model(), batches=4, epochs=1)
+        model = dense_model()
+        p = kseq.profile(ds if given == "dataset" else ds.for_model(model), model, batches=4, epochs=1)
         assert list(p.stages) == ["sampler", "read", "build", "adapt"]
         assert p.step_s > 0
         assert p.fit_s > 0

@@ -257,6 +257,130 @@ def test_an_interrupted_fit_resumes_at_the_batch_of_its_last_backup(tmp_path, sa
     assert not (tmp_path / "b").exists()  # delete_checkpoint=True removes the backups at the end
 
 
+class Noisy(kseq.Dataset):
+    """A subclass of kseq.Dataset whose batches add noise drawn from the batch's own generator."""
+
+    def build_batch(self, rows):
+        return rows["x"] + self.batch_rng().normal(scale=0.1, size=rows["x"].shape).astype("float32"), rows["y"]
+
+
+class TripletLoss(keras.layers.Layer):
+    def call(self, anchor, positive, negative):
+        distance = keras.ops.sum(keras.ops.square(anchor - positive) - keras.ops.square(anchor - negative), axis=1)
+        self.add_loss(keras.ops.mean(keras.ops.relu(distance + 1.0)))
+        return anchor
+
+
+def labelled(n=48, dim=3):
+    rng = np.random.default_rng(3)
+    label = np.arange(n) % 4
+    return {"x": (rng.normal(size=(n, dim)) + label[:, None]).astype("float32"), "label": label}
+
+
+def kind(name):
+    """A dataset of kind ``name`` and a function building a small compiled model for it."""
+    if name == "subclass":
+        rng = np.random.default_rng(0)
+        data = {"x": rng.normal(size=(40, 3)).astype("float32"), "y": rng.normal(size=40).astype("float32")}
+        return Noisy(data, batch_size=8, seed=2), lambda: small_model()
+    if name == "siamese":
+
+        def siamese():
+            tower = keras.layers.Dense(4, activation="tanh")
+            left, right = keras.Input((3,), name="left"), keras.Input((3,), name="right")
+            diff = keras.layers.Subtract()([tower(left), tower(right)])
+            model = keras.Model({"left": left, "right": right}, keras.layers.Dense(1, activation="sigmoid")(diff))
+            model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+            return model
+
+        return kseq.SiamesePairDataset(labelled(), batch_size=8, seed=0), siamese
+    if name == "triplet":
+
+        def triplet():
+            tower = keras.layers.Dense(4)
+            inputs = {role: keras.Input((3,), name=role) for role in ("anchor", "positive", "negative")}
+            out = TripletLoss()(*(tower(inputs[role]) for role in ("anchor", "positive", "negative")))
+            model = keras.Model(inputs, out)
+            model.compile(keras.optimizers.Adam(0.01))
+            return model
+
+        return kseq.TripletDataset(labelled(), batch_size=8, seed=0), triplet
+    rng = np.random.default_rng(4)  # 48 images, 2 captions each: every epoch draws one per image
+    captions = [[[2, *rng.integers(4, 12, size=rng.integers(3, 7)).tolist(), 3] for _ in range(2)] for _ in range(48)]
+    features = rng.normal(size=(48, 5)).astype("float32")
+    ds = kseq.CaptionDataset(features, captions, fixed_length=True, batch_size=8, seed=0)
+
+    def captioner():
+        image = keras.Input((5,), name="transfer_values_input")
+        tokens = keras.Input((ds.sequence_length,), name="decoder_input")
+        h = keras.layers.Embedding(12, 4)(tokens) + keras.layers.Reshape((1, 4))(keras.layers.Dense(4)(image))
+        out = keras.layers.Dense(12, activation="softmax", name="decoder_output")(h)
+        model = keras.Model({"transfer_values_input": image, "decoder_input": tokens}, {"decoder_output": out})
+        model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        return model
+
+    return ds, captioner
+
+
+@pytest.mark.portable
+@pytest.mark.parametrize("name", ["subclass", "siamese", "triplet", "caption"])
+def test_every_dataset_kind_resumes_exactly(tmp_path, name):
+    """Pairs, triplets, caption draws and per-batch noise are the same after a resume as without one."""
+    keras.utils.set_random_seed(0)
+    _, build = kind(name)
+    initial = build().get_weights()
+
+    def train(backup_dir, interrupt=None):
+        ds, build = kind(name)
+        model = build()
+        model.set_weights(initial)
+        backup = BackupAndRestore(backup_dir, ds, save_freq=2)
+        callbacks = [backup] if interrupt is None else [backup, Interrupt(*interrupt)]
+        model.fit(ds, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        return model, backup
+
+    reference, _ = train(tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(tmp_path / "b", interrupt=(1, 2))
+    resumed, backup = train(tmp_path / "b")
+    assert backup.restored["epoch"] == 1
+    assert 0 < backup.restored["batch"] < len(kind(name)[0])
+    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 3 * len(kind(name)[0])
+    for a, b in zip(resumed.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.portable
+def test_a_stateful_lstm_resumes_mid_stream_exactly(tmp_path):
+    """Resumed at batch 4 of 10: the RNN state saved with the backup, and ResetStates' resets at 6 and 8."""
+    rng = np.random.default_rng(2)
+    series = [rng.normal(size=(n, 1)).astype("float32") for n in (23, 9, 30, 14)]
+    keras.utils.set_random_seed(0)
+    initial = None
+
+    def train(backup_dir, interrupt=None):
+        nonlocal initial
+        ds = kseq.StatefulSequenceDataset(series, batch_size=2, timesteps=4, seed=0)
+        inp = ds.keras_input()
+        h = keras.layers.LSTM(4, stateful=True, return_sequences=True)(inp)
+        model = keras.Model(inp, keras.layers.Dense(1)(h))
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        initial = model.get_weights() if initial is None else initial
+        model.set_weights(initial)
+        backup = BackupAndRestore(backup_dir, ds, save_freq=2)
+        callbacks = [kseq.ResetStates(ds), backup] + ([] if interrupt is None else [Interrupt(*interrupt)])
+        model.fit(ds, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+        return model, backup
+
+    reference, _ = train(tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(tmp_path / "b", interrupt=(1, 4))
+    resumed, backup = train(tmp_path / "b")
+    assert (backup.restored["epoch"], backup.restored["batch"]) == (1, 4)
+    for a, b in zip(resumed.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.portable
 def test_the_datasets_epoch_follows_keras(tmp_path):
     """Whatever Keras's pre-training peek did, Keras epoch e trains on the dataset's epoch e."""

@@ -110,6 +110,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             a file on a local disk, more on a network one) at the risk that losing the machine
             itself damages the newest backup, which the restart then skips (NOTE [ atomic backups ]).
 
+    Attributes:
+        restored: ``{"path", "epoch", "batch"}`` of the backup the last ``fit`` restored, ``None`` when it
+            started from scratch.
+
     Raises:
         KseqError: at construction, for a dataset without a state (a ``GeneratorDataset``); when
             ``fit`` starts, for ``steps_per_epoch`` other than ``len(dataset)``, or a backup of
@@ -181,7 +185,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if position is None:
             return
         epoch, batch = position
-        if batch > 0:
+        if batch > 0 and epoch < (self.params or {}).get("epochs", epoch + 1):  # not beyond fit(epochs=...)
             self._finish_epoch(epoch, batch)
             epoch += 1
         model._initial_epoch = epoch

@@ -352,7 +352,11 @@ def test_every_dataset_kind_resumes_exactly(tmp_path, name):
 
 @pytest.mark.portable
 def test_a_stateful_lstm_resumes_mid_stream_exactly(tmp_path):
-    """Resumed at batch 4 of 10: the RNN state saved with the backup, and ResetStates' resets at 6 and 8."""
+    """Resumed at batch 4 of 10: the RNN state saved with the backup, and ResetStates' resets at 6 and 8.
+
+    On torch, ResetStates puts the LSTM on Keras's generic RNN path when it is given the model (NOTE [ stateful
+    LSTM/GRU on PyTorch in Keras 3.15 ] in kseq/torch_states.py), before the resumed batches train.
+    """
     rng = np.random.default_rng(2)
     series = [rng.normal(size=(n, 1)).astype("float32") for n in (23, 9, 30, 14)]
     keras.utils.set_random_seed(0)

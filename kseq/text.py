@@ -29,6 +29,7 @@ import numpy as np
 
 from kseq.errors import StructureError
 from kseq.validators import integer
+from kseq.validators import name as check_name
 
 __all__ = ["TokenTable", "Vocabulary", "standardize", "tokenize"]
 
@@ -72,6 +73,10 @@ class Vocabulary:
     def __init__(
         self, words: Sequence[str], *, start: str = "<start>", end: str = "<end>", oov: str = "<unk>"
     ) -> None:
+        if isinstance(words, str) or not isinstance(words, Iterable):
+            msg = f"words must be a list of strings (the vocabulary). Received words={words!r:.80}."
+            raise StructureError(msg)
+        start, end, oov = (check_name(v, k) for k, v in (("start", start), ("end", end), ("oov", oov)))
         words = [str(w) for w in words]
         markers = {"": "padding", oov: "oov", start: "start", end: "end"}
         clash = sorted({w for w in words if w in markers})

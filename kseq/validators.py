@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -168,6 +168,8 @@ def known_fields(
     fields: str | Sequence[str], available: Mapping[str, Any], argument: str, *, fix: str = ""
 ) -> list[str]:
     """``fields`` as a list, refusing names that ``available`` (a source's fields) does not have."""
+    if not isinstance(fields, str) and (not isinstance(fields, Iterable) or isinstance(fields, Mapping)):
+        _refuse(argument, "a field name or a list of field names", fields, fix)
     names = [fields] if isinstance(fields, str) else list(fields)
     if not all(isinstance(f, str) for f in names):
         msg = f"{argument} must be field names (strings). Received {argument}={fields!r:.80}."

@@ -419,7 +419,7 @@ def _renamed_sample_weight(value: Any) -> Any:
 
 
 def _input_names(names: Sequence[str]) -> tuple[str, str]:
-    if isinstance(names, str) or len(names) != 2 or len(set(names)) != 2:
+    if not isinstance(names, Sequence) or isinstance(names, str) or len(names) != 2 or len(set(names)) != 2:
         msg = (
             "input_names must be two distinct names: (features input, decoder input). "
             f"Received {names!r}."

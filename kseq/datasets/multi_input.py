@@ -123,6 +123,12 @@ class MultiInputDataset(Dataset):
     def _class_weights(self, class_weight: Mapping[Any, Any] | None) -> dict[str, ClassWeights]:
         if class_weight is None:
             return {}
+        if not isinstance(class_weight, Mapping):
+            msg = (
+                "class_weight must be {class_id: weight} (one target) or {output_name: {class_id: weight}}. "
+                f"Received class_weight={class_weight!r:.80}."
+            )
+            raise StructureError(msg)
         if self.targets is None:
             msg = "class_weight needs targets. Received class_weight with targets=None."
             raise StructureError(msg)

@@ -281,7 +281,8 @@ def _check_fields(fields: str | Sequence[str] | None, source: Source, label: str
 
 
 def _check_input_names(names: Sequence[str], roles: int) -> tuple[str, ...]:
-    ok = not isinstance(names, str) and len(names) == roles and all(isinstance(n, str) and n for n in names)
+    ok = isinstance(names, Sequence) and not isinstance(names, str) and len(names) == roles
+    ok = ok and all(isinstance(n, str) and n for n in names)
     if not ok or len(set(names)) != roles:
         msg = f"input_names must be {roles} distinct non-empty names, one per side. Received {names!r}."
         raise StructureError(msg)

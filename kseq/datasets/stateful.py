@@ -302,7 +302,7 @@ class StatefulSequenceDataset(Dataset):
 
 
 def _refuse_shuffle(shuffle: object) -> None:
-    if shuffle:
+    if not (isinstance(shuffle, (bool, np.bool_)) and not shuffle):
         msg = (
             "StatefulSequenceDataset cannot shuffle: row i of batch k+1 must continue row i of batch k. "
             f"Expected shuffle=False. Received shuffle={shuffle!r}. Pass fit(..., shuffle=False) too."
@@ -311,7 +311,7 @@ def _refuse_shuffle(shuffle: object) -> None:
 
 
 def _check_stride(stride: object, timesteps: int) -> None:
-    if stride is None or stride == timesteps:
+    if integer(stride, "stride", minimum=1, optional=True) in (None, timesteps):
         return
     msg = (
         f"stride must equal timesteps ({timesteps}) for a stateful model. Received stride={stride!r}. "
@@ -381,12 +381,14 @@ def _common_fields(sources: list[Source]) -> Mapping[str, tuple[tuple[int, ...],
     return first
 
 
+_SERIES_FIELD = "(A bare array is the field 'series'.)"
+
+
 def _names(names: Names | None, argument: str, fields: Mapping) -> list[str]:
-    chosen = list(fields) if names is None else [names] if isinstance(names, str) else list(names)
+    chosen = list(fields) if names is None else known_fields(names, fields, argument, fix=_SERIES_FIELD)
     if not chosen:
         msg = f"{argument} must be a field name or a list of field names. Received {argument}={names!r:.80}."
         raise StructureError(msg)
-    known_fields(chosen, fields, argument, fix="(A bare array is the field 'series'.)")
     return chosen
 
 

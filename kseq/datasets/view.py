@@ -66,6 +66,12 @@ class ModelView(PyDatasetBase):
     report: CheckReport
 
     def __init__(self, dataset: Any, model: Any) -> None:
+        if not (callable(getattr(dataset, "get_batch", None)) and callable(getattr(dataset, "__len__", None))):
+            msg = (
+                "ModelView expects a kseq dataset (with get_batch and len), usually through ds.for_model(model). "
+                f"Received {type(dataset).__name__}."
+            )
+            raise StructureError(msg)
         super().__init__(max_queue_size=getattr(dataset, "max_queue_size", 10))
         if isinstance(dataset, ModelView):
             dataset.require_model(ModelStructure.of(model))

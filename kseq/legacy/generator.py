@@ -107,7 +107,11 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         self._class_weight = class_weight
         self._x_only = bool(x_only)
         if class_weight is not None and model is None:
-            msg = "class_weight needs model=, to know which output each weight belongs to. Pass model=model."
+            msg = (
+                "class_weight needs model=, to know which output each weight belongs to. Expected "
+                f"GeneratorDataset(..., class_weight=..., model=model). Received class_weight={class_weight!r:.80} "
+                "and model=None. Pass model=model."
+            )
             raise StructureError(msg)
         self._normaliser = BatchNormaliser(None, x_only=x_only)
         self.last_error = None

@@ -87,11 +87,11 @@ class BlockShuffleSampler:
         window: int = 16,
         drop_remainder: bool = False,
     ) -> None:
-        self.n = int(n)
+        self.n = integer(n, "n", minimum=0)
         self.batch_size = check_batch_size(batch_size)
         self.block_size = integer(block_size, "block_size", minimum=1)
         self.window = integer(window, "window", minimum=1)
-        self.seed = int(seed)
+        self.seed = integer(seed, "seed", minimum=0)
         self.drop_remainder = bool(drop_remainder)
         self._len = num_batches(self.n, self.batch_size, drop_remainder=self.drop_remainder)
         self._cache = EpochCache()

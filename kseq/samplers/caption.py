@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kseq.samplers.base import EpochCache, check_batch_size, epoch_rng, num_batches
-from kseq.validators import batch_index
+from kseq.validators import batch_index, integer
 
 __all__ = ["CaptionSampler"]
 
@@ -45,7 +45,7 @@ class CaptionSampler:
         _, self._starts, self._counts = np.unique(np.asarray(image_of), return_index=True, return_counts=True)
         self.n = len(self._starts) if self.one_per_image else len(self.lengths)
         self.batch_size = check_batch_size(batch_size)
-        self.seed, self.shuffle, self.bucket_window = int(seed), bool(shuffle), bucket_window
+        self.seed, self.shuffle, self.bucket_window = integer(seed, "seed", minimum=0), bool(shuffle), bucket_window
         self._len = num_batches(self.n, self.batch_size, drop_remainder=bool(drop_remainder))
         self._cache = EpochCache()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kseq.samplers.base import EpochCache, check_batch_size, epoch_rng, num_batches
-from kseq.validators import batch_index
+from kseq.validators import batch_index, integer
 
 __all__ = ["SequentialSampler", "ShuffleSampler", "epoch_permutation"]
 
@@ -25,7 +25,7 @@ class SequentialSampler:
     """
 
     def __init__(self, n: int, *, batch_size: int, drop_remainder: bool = False) -> None:
-        self.n = int(n)
+        self.n = integer(n, "n", minimum=0)
         self.batch_size = check_batch_size(batch_size)
         self.drop_remainder = bool(drop_remainder)
         self._len = num_batches(self.n, self.batch_size, drop_remainder=self.drop_remainder)
@@ -51,9 +51,9 @@ class ShuffleSampler:
     """
 
     def __init__(self, n: int, *, batch_size: int, seed: int, drop_remainder: bool = False) -> None:
-        self.n = int(n)
+        self.n = integer(n, "n", minimum=0)
         self.batch_size = check_batch_size(batch_size)
-        self.seed = int(seed)
+        self.seed = integer(seed, "seed", minimum=0)
         self.drop_remainder = bool(drop_remainder)
         self._len = num_batches(self.n, self.batch_size, drop_remainder=self.drop_remainder)
         self._cache = EpochCache()

@@ -253,6 +253,7 @@ class PKSampler:
         drop_remainder: bool = False,
     ) -> None:
         per_epoch = integer(rows_per_epoch, "rows_per_epoch", minimum=1, optional=True)
+        seed = integer(seed, "seed", minimum=0)
         self._plan = _Plan(index, batch_size, seed, per_epoch, classes_per_batch, reshuffle, drop_remainder,
                            positives=False, negatives=False)
 
@@ -328,7 +329,7 @@ class _Plan:
         if not isinstance(index, ClassIndex):
             msg = f"Expected a ClassIndex (kseq.samplers.pairs.ClassIndex(labels)). Received {type(index).__name__}."
             raise StructureError(msg)
-        self.index, self.seed, self.reshuffle = index, int(seed), bool(reshuffle)
+        self.index, self.seed, self.reshuffle = index, integer(seed, "seed", minimum=0), bool(reshuffle)
         self.batch_size = check_batch_size(batch_size)
         self.per_epoch = len(index) if per_epoch is None else per_epoch
         _check_feasible(index, positives=positives, negatives=negatives)

@@ -44,6 +44,9 @@ class DataFrameSource(ArraySource):
             dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
             msg = f"The DataFrame has duplicate column names {dupes}. Expected unique names: rename them first."
             raise StructureError(msg)
+        if columns is not None and not isinstance(columns, (str, Sequence)):
+            msg = f"columns must be a column name or a list of names. Received columns={columns!r:.80}."
+            raise StructureError(msg)
         names = list(df.columns) if columns is None else [columns] if isinstance(columns, str) else list(columns)
         as_text = [str(c) for c in names]
         if len(set(as_text)) != len(as_text):

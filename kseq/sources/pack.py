@@ -167,7 +167,10 @@ def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.
         arrays = ArraySource({k: _storable(k, v) for k, v in fields.items()}).arrays
         total = len(next(iter(arrays.values())))
         if length is not None and length != total:
-            msg = f"length={length} but the arrays have {total} rows. Leave length out for arrays."
+            msg = (
+                f"length is for a stream of batches; arrays give their own row count. Expected length=None or "
+                f"length={total}. Received length={length!r}. Leave length out for arrays."
+            )
             raise StructureError(msg)
         return _slices(arrays, total), total
     if isinstance(fields, (str, bytes, np.ndarray)) or not isinstance(fields, Iterable):
@@ -352,6 +355,9 @@ class _Progress:
     """
 
     def __init__(self, total: int | None, label: str, enabled: bool | TextIO) -> None:
+        if not isinstance(enabled, (bool, np.bool_)) and not callable(getattr(enabled, "write", None)):
+            msg = f"progress must be True, False or a text stream (with .write). Received progress={enabled!r:.80}."
+            raise StructureError(msg)
         self.total, self.label = total, label
         self.stream: TextIO | None = (sys.stderr if enabled is True else enabled) or None  # type: ignore[assignment]
         self.start = self.last = time.perf_counter()

@@ -81,7 +81,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "workers", integer(self.workers, "workers", minimum=0))
         object.__setattr__(self, "max_queue_size", integer(self.max_queue_size, "max_queue_size", minimum=1))
-        object.__setattr__(self, "use_multiprocessing", bool(self.use_multiprocessing))
+        flag = one_of(self.use_multiprocessing, "use_multiprocessing", (True, False))
+        object.__setattr__(self, "use_multiprocessing", bool(flag))
         available = multiprocessing.get_all_start_methods()
         fix = "Those are this platform's start methods; None picks its default."
         one_of(self.start_method, "start_method", [*available, None], fix=fix)

@@ -84,7 +84,8 @@ class StatefulSequenceDataset(Dataset):
             starts a fresh state. Default: ``True`` for one series, ``False`` for a list.
         seed: exposed as ``ds.seed`` for :meth:`batch_rng`; the layout uses no randomness.
         shuffle: must stay ``False``.
-        workers, use_multiprocessing, max_queue_size, start_method: kseq's worker pool, as for
+        workers, use_multiprocessing, max_queue_size, start_method, timeout, shard: kseq's worker pool and
+            this process's shard of the streams, as for
             :class:`~kseq.datasets.base.Dataset`; batches are still served strictly in order.
 
     Raises:
@@ -125,6 +126,7 @@ class StatefulSequenceDataset(Dataset):
         max_queue_size: int = 10,
         start_method: str | None = None,
         shard: Any = None,
+        timeout: float | None = None,
     ) -> None:
         _refuse_shuffle(shuffle)
         self.timesteps = integer(timesteps, "timesteps", minimum=1)
@@ -150,6 +152,7 @@ class StatefulSequenceDataset(Dataset):
             max_queue_size=max_queue_size,
             start_method=start_method,
             shard=shard,
+            timeout=timeout,
         )
         self.build_own_sampler(StatefulSequenceDataset)
 
@@ -250,6 +253,7 @@ class StatefulSequenceDataset(Dataset):
             "max_queue_size": pool.max_queue_size,
             "start_method": pool.start_method,
             "shard": self.shard,
+            "timeout": pool.timeout,
         }
         return StatefulSequenceDataset(series, **{**settings, **changes})
 

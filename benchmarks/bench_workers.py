@@ -1,4 +1,4 @@
-"""Workers: kseq's own pool vs Keras's pool, threads, inline and Grain, on 64x224x224x3 batches.
+"""Workers: kseq's own pool vs Keras's pool, torch's DataLoader, threads, inline and Grain, on 64x224x224x3 batches.
 
 Every loader builds each sample from its id (a cheap one-pass transform, or a CPU-heavy
 one: 20 sqrt passes) and stacks 64 of them, in float32 (38.5 MB per batch) or uint8.
@@ -6,9 +6,28 @@ Rates are whole epochs of 16 batches after one warm-up epoch, so Keras's per-epo
 rebuild is counted, as it is in training. "iter" consumes the batches directly (what
 ``fit`` asks of a data pipeline); "fit" trains a tiny model on them with ``shuffle=False``.
 
-Anchors: Keras's ``PyDataset(workers=2, use_multiprocessing=True)`` (a new pool every
-epoch, batches pickled through a pipe) and Grain's ``mp_prefetch`` (shared-memory
-workers; a benchmark-only dependency, skipped when not installed).
+Anchors: Keras's ``PyDataset(workers=2, use_multiprocessing=True)`` (a new pool every epoch,
+batches pickled through a pipe), torch's ``DataLoader(num_workers=2, batch_size=64)`` over a
+map-style dataset of the same per-sample work (``persistent_workers=True``, as torch advises for
+repeated epochs), and Grain's ``mp_prefetch`` (shared-memory workers). torch and Grain are
+benchmark-only dependencies, each skipped when not installed.
+
+Two bounds, measured in the same run:
+* the ceiling (iter): the same work in 2 plain forked processes that send nothing back;
+* the floor (fit): a PyDataset returning precomputed batches of the same shape through the same
+  ``fit``: the pace of Keras's PyDataset path and the step themselves, with no input cost.
+
+Same conditions for every loader (NOTE [ malloc thresholds ] in kseq/workers/malloc.py): TensorFlow
+leaves glibc's mmap threshold frozen at 128 KiB, so a process that builds 600 KB samples maps and
+unmaps (and page-faults) each temporary. kseq's worker processes call ``tune_malloc()``; so that no
+baseline pays what kseq's workers do not, the main process calls it before any loader runs, and every
+forked pool (Keras's, the ceiling's, torch's) inherits it. :func:`malloc_effect` measures what that
+changes (inline and ceiling, both settings, in turns, with minor page faults per batch).
+
+Every figure is measured in ``REPEATS`` turns (each loader once per turn, in order, so drift and other
+load hit them alike); the best turn is reported, and the row's name carries the range of the turns.
+Streams run continuously from the warm-up into the measured epochs for every loader (kseq's, the
+ceiling's and torch's prefetch alike), so none starts the measured epochs cold.
 """
 
 from __future__ import annotations
@@ -16,6 +35,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,13 +45,16 @@ import numpy as np
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from benchmarks.common import Result
+from kseq import tune_malloc
 from kseq.datasets.base import Dataset
+from kseq.workers.config import default_start_method
 
 SUITE = "workers"
 BATCH = 64
 SHAPE = (224, 224, 3)
 WORKERS = 2
-
+REPEATS = 3
+AS_TF_LEAVES_IT = {"mmap_threshold": 128 * 2**10, "trim_threshold": 128 * 2**10}  # glibc after TF's patch
 
 # -- the per-sample work, shared by every loader ---------------------------------------------------
 
@@ -81,6 +104,47 @@ class KerasImages(keras.utils.PyDataset):
         return self.sample.batch(np.arange(index * BATCH, (index + 1) * BATCH))
 
 
+class Precomputed(keras.utils.PyDataset):
+    """The floor: batches of the same shape, computed once; ``fit`` pays only its own path and the step."""
+
+    def __init__(self, n: int, sample: Sample) -> None:
+        super().__init__()
+        self.n = n
+        self.held = [sample.batch(np.arange(i * BATCH, (i + 1) * BATCH)) for i in range(4)]
+
+    def __len__(self) -> int:
+        return self.n // BATCH
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.held[index % len(self.held)]
+
+
+class SampleAt:
+    """torch's map-style dataset: sample ``i`` and its label (module level, so workers unpickle it)."""
+
+    def __init__(self, n: int, sample: Sample) -> None:
+        self.n, self.sample = n, sample
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.float32]:
+        return self.sample(int(i)), np.float32(i % 2)
+
+
+def torch_loader(n: int, sample: Sample) -> Any:
+    from torch.utils.data import DataLoader  # a benchmark-only dependency
+
+    return DataLoader(SampleAt(n, sample), batch_size=BATCH, num_workers=WORKERS, shuffle=False,
+                      persistent_workers=True, multiprocessing_context=default_start_method())
+
+
+def close_torch(loader: Any) -> None:
+    iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator
+    if iterator is not None:
+        iterator._shutdown_workers()
+
+
 class GrainBatch:
     """Grain's map step (a module-level callable, so its workers can unpickle it)."""
 
@@ -102,9 +166,9 @@ def grain_dataset(n: int, sample: Sample) -> Any:
     return batches.to_iter_dataset().mp_prefetch(options)
 
 
-def have_grain() -> bool:
+def installed(module: str) -> bool:
     try:
-        import grain  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
@@ -121,17 +185,24 @@ def _init_ceiling(sample: Sample) -> None:
 
 
 def _build_and_drop(index: int) -> int:
+    """Build batch ``index`` in a ceiling worker; return the minor page faults it took."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     _WORKER_SAMPLE.batch(np.arange(index * BATCH, (index + 1) * BATCH))  # type: ignore[union-attr]
-    return index
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def ceiling_rate(sample: Sample, per_epoch: int, epochs: int) -> float:
-    """What any 2-process loader could reach on this machine now: no transport, nothing returned."""
+def ceiling(sample: Sample, per_epoch: int, epochs: int) -> tuple[float, float]:
+    """What any 2-process loader could reach here: no transport, nothing returned. Batches/s, faults/batch.
+
+    One stream from the warm-up epoch into the measured ones, as every loader's stream runs.
+    """
     with multiprocessing.get_context("fork").Pool(WORKERS, _init_ceiling, (sample,)) as pool:
-        list(pool.imap(_build_and_drop, range(per_epoch)))
+        stream = pool.imap(_build_and_drop, range(per_epoch * (1 + epochs)))
+        for _ in itertools.islice(stream, per_epoch):
+            pass
         start = time.perf_counter()
-        list(pool.imap(_build_and_drop, range(per_epoch * epochs)))
-        return per_epoch * epochs / (time.perf_counter() - start)
+        faults = sum(stream)
+        return per_epoch * epochs / (time.perf_counter() - start), faults / (per_epoch * epochs)
 
 
 # -- streams of batches, epoch after epoch ---------------------------------------------------------
@@ -151,6 +222,21 @@ def keras_stream(ds: KerasImages) -> Iterator[Any]:
         adapter.on_epoch_begin()
         yield from adapter.get_numpy_iterator()
         adapter.on_epoch_end()
+
+
+def torch_stream(loader: Any) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def stream_of(data: Any) -> Iterator[Any]:
+    if isinstance(data, KseqImages):
+        return kseq_stream(data)
+    if isinstance(data, KerasImages):
+        return keras_stream(data)
+    if type(data).__name__ == "DataLoader":
+        return torch_stream(data)
+    return iter(data)
 
 
 def epochs_rate(stream: Iterator[Any], per_epoch: int, epochs: int) -> float:
@@ -180,87 +266,159 @@ def fit_rate(data: Any, dtype: str, per_epoch: int, epochs: int) -> float:
     model = keras.Model(inputs, keras.layers.Dense(1)(h))
     model.compile("sgd", "mse")
     timer = EpochTimer()
-    steps = per_epoch if not isinstance(data, keras.utils.PyDataset) else None  # Grain's stream is endless
-    model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[timer])
+    endless = not isinstance(data, keras.utils.PyDataset) and type(data).__name__ != "DataLoader"  # Grain
+    model.fit(data, epochs=1 + epochs, steps_per_epoch=per_epoch if endless else None, shuffle=False, verbose=0,
+              callbacks=[timer])
     return per_epoch * epochs / sum(timer.times[1:])
 
 
 # -- the matrix ----------------------------------------------------------------------------------------
 
+Make = Callable[[], tuple[Any, Callable[[], None]]]
 
-def loaders(n: int, sample: Sample) -> dict[str, Callable[[], tuple[Any, Callable[[], None]]]]:
-    """name -> make(): (a dataset for fit, close). Each loader is made fresh for each measurement."""
 
-    def kseq(**kwargs: Any) -> Callable[[], tuple[Any, Callable[[], None]]]:
+def loaders(n: int, sample: Sample, path: str) -> dict[str, Make]:
+    """name -> make(): (a dataset for fit or iteration, close). Each loader is made fresh for each measurement."""
+
+    def kseq(**kwargs: Any) -> Make:
         def make() -> tuple[Any, Callable[[], None]]:
             ds = KseqImages(n, sample, **kwargs)
             return ds, ds.close
         return make
 
-    def keras_pool() -> tuple[Any, Callable[[], None]]:
-        return KerasImages(n, sample, workers=WORKERS, use_multiprocessing=True), lambda: None
-
-    def grain_pool() -> tuple[Any, Callable[[], None]]:
-        ds = grain_dataset(n, sample)
-        return ds, lambda: None
-
-    out = {
+    out: dict[str, Make] = {
         "inline": kseq(),
         "kseq 2 threads": kseq(workers=WORKERS),
         "kseq 2 processes": kseq(workers=WORKERS, use_multiprocessing=True),
-        "keras 2 processes": keras_pool,
+        "keras 2 processes": lambda: (KerasImages(n, sample, workers=WORKERS, use_multiprocessing=True), lambda: None),
     }
-    if have_grain():
-        out["grain 2 processes"] = grain_pool
+    if installed("torch"):
+        def torch_make() -> tuple[Any, Callable[[], None]]:
+            loader = torch_loader(n, sample)
+            return loader, lambda: close_torch(loader)
+        out["torch DataLoader 2 workers"] = torch_make
+    if installed("grain"):
+        out["grain 2 processes"] = lambda: (grain_dataset(n, sample), lambda: None)
+    if path == "fit":
+        out["floor (precomputed batches)"] = lambda: (Precomputed(n, sample), lambda: None)
     return out
 
 
-def stream_of(data: Any) -> Iterator[Any]:
-    if isinstance(data, KseqImages):
-        return kseq_stream(data)
-    if isinstance(data, KerasImages):
-        return keras_stream(data)
-    return iter(data)
+def in_turns(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each run's value in each of ``repeats`` turns; every run goes once per turn, in order."""
+    values: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run_once in runs.items():
+            values[name].append(run_once())
+    return values
 
 
-def measure(path: str, workload: str, dtype: str, heavy: bool, per_epoch: int, epochs: int) -> list[Result]:
+def measure(path: str, workload: str, dtype: str, heavy: bool, per_epoch: int, epochs: int,
+            repeats: int) -> list[Result]:
     sample = Sample(dtype, heavy)
-    rates = {}
-    for name, make in loaders(per_epoch * BATCH, sample).items():
-        data, close = make()
-        try:
-            if path == "iter":
-                stream = stream_of(data)
-                rates[name] = epochs_rate(stream, per_epoch, epochs)
-                if hasattr(stream, "close"):
-                    stream.close()
-            else:
-                rates[name] = fit_rate(data, dtype, per_epoch, epochs)
-        finally:
-            close()
+
+    def once(make: Make) -> Callable[[], float]:
+        def run_once() -> float:
+            data, close = make()
+            try:
+                if path == "iter":
+                    stream = stream_of(data)
+                    value = epochs_rate(stream, per_epoch, epochs)
+                    getattr(stream, "close", lambda: None)()
+                    return value
+                return fit_rate(data, dtype, per_epoch, epochs)
+            finally:
+                close()
+        return run_once
+
+    runs = {name: once(make) for name, make in loaders(per_epoch * BATCH, sample, path).items()}
     if path == "iter":
-        rates["ceiling (2 procs, no transport)"] = ceiling_rate(sample, per_epoch, epochs)
-    return report(f"{path} {workload}", rates, heavy)
+        runs["ceiling (2 procs, no transport)"] = lambda: ceiling(sample, per_epoch, epochs)[0]
+    label = f"{path} {workload}" + ("" if path == "iter" else f" [{keras.backend.backend()}]")
+    return report(label, in_turns(runs, repeats), heavy)
 
 
-def report(label: str, rates: dict[str, float], heavy: bool) -> list[Result]:
-    ours = rates["kseq 2 processes"]
+def _spread(values: list[float], base: list[float] | None = None) -> str:
+    if base is None:
+        return f"[{len(values)} turns: {min(values):.1f}-{max(values):.1f}]"
+    turns = [a / b for a, b in zip(values, base, strict=True)]
+    return f"[{len(values)} turns: {min(turns):.2f}-{max(turns):.2f}x]"
+
+
+def report(label: str, values: dict[str, list[float]], heavy: bool) -> list[Result]:
+    """The best turn of each loader; ratios of bests; each name carries the range of the same-turn ratios."""
+    best = {name: max(v) for name, v in values.items()}
+    ours = "kseq 2 processes"
     results = [
-        Result(SUITE, f"{label}: {name}", value, baseline=None if name == "inline" else "inline",
-               ratio=None if name == "inline" else value / rates["inline"],
-               target=">= 1.6x" if heavy and name == "kseq 2 processes" else None)
-        for name, value in rates.items()
+        Result(SUITE, f"{label}: {name} {_spread(v)}", best[name],
+               baseline=None if name == "inline" else "inline",
+               ratio=None if name == "inline" else best[name] / best["inline"],
+               target=">= 1.6x" if heavy and name == ours else None)
+        for name, v in values.items()
     ]
-    results.append(Result(SUITE, f"{label}: kseq vs keras processes", ours, baseline="keras 2 processes",
-                          ratio=ours / rates["keras 2 processes"], target=None if heavy else ">= 10x"))
-    if "grain 2 processes" in rates:
-        results.append(Result(SUITE, f"{label}: kseq vs grain processes", ours, baseline="grain 2 processes",
-                              ratio=ours / rates["grain 2 processes"], target=">= 1x"))
-    ceiling = "ceiling (2 procs, no transport)"
-    if ceiling in rates:
-        results.append(Result(SUITE, f"{label}: kseq vs the ceiling", ours, baseline="ceiling",
-                              ratio=ours / rates[ceiling]))
+    against = {
+        "keras 2 processes": None if heavy else ">= 10x",
+        "torch DataLoader 2 workers": None,
+        "grain 2 processes": ">= 1x",
+        "ceiling (2 procs, no transport)": None,
+        "floor (precomputed batches)": ">= 0.9x",
+    }
+    for name, target in against.items():
+        if name in values:
+            results.append(Result(SUITE, f"{label}: kseq processes / {name.split(' (')[0]} "
+                                  f"{_spread(values[ours], values[name])}", best[ours], baseline=name,
+                                  ratio=best[ours] / best[name], target=target))
     return results
+
+
+# -- the malloc effect, and the epoch start ------------------------------------------------------------
+
+
+def malloc_effect(per_epoch: int, epochs: int, repeats: int) -> list[Result]:
+    """Inline and the ceiling on float32 cheap, with glibc as TensorFlow leaves it and after tune_malloc().
+
+    Rates in turns; the name carries the fewest minor page faults per batch (the main process's for
+    inline, the workers' for the ceiling), which show the setting each turn ran under.
+    """
+    sample = Sample("float32", heavy=False)
+    faults: dict[str, float] = {}
+
+    def inline_rate(setting: dict[str, int]) -> float:
+        tune_malloc(**setting)
+        ds = KseqImages(per_epoch * BATCH, sample)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        rate = epochs_rate(kseq_stream(ds), per_epoch, epochs)
+        return _note(faults, "inline", setting, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                     / (per_epoch * (1 + epochs)), rate)
+
+    def ceiling_rate(setting: dict[str, int]) -> float:
+        tune_malloc(**setting)  # the pool's processes fork from here and inherit it
+        rate, per_batch = ceiling(sample, per_epoch, epochs)
+        return _note(faults, "ceiling", setting, per_batch, rate)
+
+    runs: dict[str, Callable[[], float]] = {}
+    for where, fn in (("inline", inline_rate), ("ceiling", ceiling_rate)):
+        for setting in (AS_TF_LEAVES_IT, {}):
+            runs[f"{where}, {_setting(setting)}"] = lambda fn=fn, setting=setting: fn(setting)
+    values = in_turns(runs, repeats)
+    tune_malloc()  # back to the suite's condition
+    results = []
+    for name, v in values.items():
+        base = name.replace("tune_malloc()", "as TF leaves it")
+        ratio = None if base == name else max(v) / max(values[base])
+        results.append(Result(SUITE, f"malloc, iter f32 cheap: {name}, {faults[name]:,.0f} faults/batch "
+                              f"{_spread(v)}", max(v), baseline=None if ratio is None else base, ratio=ratio))
+    return results
+
+
+def _setting(setting: dict[str, int]) -> str:
+    return "as TF leaves it" if setting else "tune_malloc()"
+
+
+def _note(faults: dict[str, float], where: str, setting: dict[str, int], per_batch: float, rate: float) -> float:
+    name = f"{where}, {_setting(setting)}"
+    faults[name] = min(faults.get(name, float("inf")), per_batch)
+    return rate
 
 
 def epoch_start(per_epoch: int, epochs: int, start_method: str) -> Result:
@@ -290,12 +448,17 @@ WORKLOADS = [  # (label, dtype, heavy): the two with targets first
 
 
 def run(quick: bool) -> list[Result]:
+    """The iterate rows and the malloc check do not involve the backend; they run under TensorFlow only
+    (``KERAS_BACKEND=jax python -m benchmarks.run workers`` adds the fit rows on JAX)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    per_epoch, epochs = (4, 1) if quick else (16, 2)
-    results = []
-    for label, dtype, heavy in WORKLOADS[:1] if quick else WORKLOADS:
-        results += measure("iter", label, dtype, heavy, per_epoch, epochs)
+    per_epoch, epochs, repeats = (4, 1, 1) if quick else (16, 2, REPEATS)
+    tf = keras.backend.backend() == "tensorflow"
+    results = malloc_effect(per_epoch, epochs, repeats) if tf else []
+    tune_malloc()  # the same conditions for every loader (module docstring)
+    for label, dtype, heavy in (WORKLOADS[:1] if quick else WORKLOADS) if tf else []:
+        results += measure("iter", label, dtype, heavy, per_epoch, epochs, repeats)
     for label, dtype, heavy in WORKLOADS[:1] if quick else WORKLOADS[:2]:
-        results += measure("fit", label, dtype, heavy, per_epoch, epochs)
-    results.append(epoch_start(per_epoch, 1 if quick else 3, "spawn"))
+        results += measure("fit", label, dtype, heavy, per_epoch, epochs, repeats)
+    if tf:
+        results.append(epoch_start(per_epoch, 1 if quick else 3, "spawn"))
     return results

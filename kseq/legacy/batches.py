@@ -145,7 +145,7 @@ class NormalisedBatches:
     and refuses a model whose inputs or outputs are named, ordered or nested otherwise, like a
     :class:`kseq.ModelView` (NOTE [ named batches and model structure ] in :mod:`kseq.structure`).
 
-    A subclass sets ``_class_weight`` and ``_x_only`` and defines ``_raw_batch(index) -> (where, yield)``.
+    A subclass calls :meth:`_set_up` in its constructor and defines ``_raw_batch(index) -> (where, yield)``.
 
     Example:
         >>> import numpy as np
@@ -162,6 +162,22 @@ class NormalisedBatches:
     _x_only: bool
     _normaliser: BatchNormaliser
     last_error: BaseException | None
+
+    def _set_up(self, model: Any, class_weight: Any, x_only: bool) -> None:
+        """What every adapter's constructor does: keep the options, then adopt ``model`` if given."""
+        if class_weight is not None and model is None:
+            msg = (
+                "class_weight needs model=, to know which output each weight belongs to. Expected "
+                f"{type(self).__name__}(..., class_weight=..., model=model). Received "
+                f"class_weight={class_weight!r:.80} and model=None. Pass model=model."
+            )
+            raise StructureError(msg)
+        self._class_weight = class_weight
+        self._x_only = bool(x_only)
+        self._normaliser = BatchNormaliser(None, x_only=x_only)
+        self.last_error = None
+        if model is not None:
+            self.adopt(model)
 
     @property
     def model_structure(self) -> ModelStructure | None:

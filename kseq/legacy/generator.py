@@ -9,7 +9,7 @@ import keras
 
 from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
-from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
+from kseq.legacy.batches import NormalisedBatches
 from kseq.legacy.stream import Stream
 from kseq.validation import CheckReport
 from kseq.validators import batch_index, integer, whole_number
@@ -104,19 +104,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         steps = check_steps(steps_per_epoch, "steps_per_epoch")
         threads = workers > 1
         self._stream = Stream(generator, steps=steps, replay=0 if threads else REPLAY, slack=workers if threads else 0)
-        self._class_weight = class_weight
-        self._x_only = bool(x_only)
-        if class_weight is not None and model is None:
-            msg = (
-                "class_weight needs model=, to know which output each weight belongs to. Expected "
-                f"GeneratorDataset(..., class_weight=..., model=model). Received class_weight={class_weight!r:.80} "
-                "and model=None. Pass model=model."
-            )
-            raise StructureError(msg)
-        self._normaliser = BatchNormaliser(None, x_only=x_only)
-        self.last_error = None
-        if model is not None:
-            self.adopt(model)
+        self._set_up(model, class_weight, x_only)
 
     # -- the PyDataset protocol --------------------------------------------------
 

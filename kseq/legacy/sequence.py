@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from kseq.errors import StructureError
-from kseq.legacy.batches import BatchNormaliser, NormalisedBatches
+from kseq.legacy.batches import NormalisedBatches
 from kseq.validators import integer
 
 __all__ = ["SequenceAdapter"]
@@ -69,16 +69,8 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         super().__init__(workers=integer(workers, "workers", minimum=0), use_multiprocessing=use_multiprocessing,
                          max_queue_size=integer(max_queue_size, "max_queue_size", minimum=1))
         self.sequence = sequence
-        self._class_weight = class_weight
-        self._x_only = bool(x_only)
-        if class_weight is not None and model is None:
-            msg = "class_weight needs model=, to know which output each weight belongs to. Pass model=model."
-            raise StructureError(msg)
-        self._normaliser = BatchNormaliser(None, x_only=x_only)
         self._in_epoch = False
-        self.last_error = None
-        if model is not None:
-            self.adopt(model)
+        self._set_up(model, class_weight, x_only)
 
     def __len__(self) -> int:
         return len(self.sequence)

@@ -1,6 +1,7 @@
 """Dataset state: get_state()/set_state() (NOTE [ dataset state ])."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -121,3 +122,17 @@ def test_a_position_past_the_epoch_is_refused():
     state = {**ds.get_state(), "batch": len(ds) + 1}
     with pytest.raises(KseqError, match=r"batch in \[0, 6\]. Received epoch=0, batch=7"):
         ds.set_state(state)
+
+
+def test_a_pooled_dataset_restored_mid_epoch_serves_in_order_without_a_warning():
+    """set_state tells the worker pool where the epoch resumes: the next batch is in order, prefetched from there."""
+    reference = make(MultiInputDataset)
+    reference.on_epoch_end()
+    reference[0], reference[1]
+    with make(MultiInputDataset, workers=2, use_multiprocessing=True, start_method="fork") as pooled:
+        pooled[0]  # the pool is up, at epoch 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pooled.set_state(reference.get_state())
+            for i in (2, 3):
+                same(pooled[i], reference.get_batch(i))

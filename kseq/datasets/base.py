@@ -288,6 +288,8 @@ class Dataset(PyDatasetBase):
         epoch, batch = check_state(state, self, self._fingerprint)
         self.set_epoch(epoch)
         self.position = batch
+        if self._loader is not None:
+            self._loader.resume_at(epoch, batch)  # batch `batch` comes next, in order: prefetch from there
 
     def batch_position(self) -> tuple[int, int]:
         """``(epoch, index)`` of the batch being built, inside :meth:`read_rows` or :meth:`build_batch`.

@@ -147,6 +147,16 @@ class BatchLoader:
         self._last: int | None = None
         self._in_order = True
 
+    def resume_at(self, epoch: int, index: int) -> None:
+        """The dataset was put at batch ``index`` of ``epoch`` (``set_state``): expect that batch next, in order."""
+        with self._lock:
+            self._epoch, self._served = epoch, set(range(index))
+            self._last, self._in_order = (index - 1 if index else None), True
+            if self._pool is not None:
+                self._pool.set_window(epoch)
+                for key in [k for k in self._ready if not self._useful(k)]:
+                    self._pool.discard(self._ready.pop(key))
+
     def _fetch(self, dataset: Any, epoch: int, index: int, length: int) -> Done:
         pool = self._ensure_started(dataset)
         self._begin(epoch, index)

@@ -61,7 +61,7 @@ from kseq.workers.backend import Done, Key, in_window
 from kseq.workers.context import batch_context, reseed_globals
 from kseq.workers.malloc import tune_malloc
 from kseq.workers.pickling import dumps_for_workers
-from kseq.workers.shm import NoSpace, SlotPool, SlotWriter, nameless_file
+from kseq.workers.shm import NoSpace, SlotPool, SlotWriter, nameless_file, pid_alive
 from kseq.workers.tree import flatten, unflatten
 
 __all__ = ["WORKER_ENV", "ProcessPool"]
@@ -423,20 +423,10 @@ def _watch_parent(parent_pid: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(_PARENT_CHECK_S)
-            if os.getppid() != start_ppid or not _exists(parent_pid):
+            if os.getppid() != start_ppid or not pid_alive(parent_pid):
                 os._exit(0)
 
     threading.Thread(target=watch, name="kseq-parent-watch", daemon=True).start()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _receive_fd(sock: socket.socket) -> int:

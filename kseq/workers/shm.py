@@ -47,7 +47,8 @@ import numpy as np
 from kseq.errors import StructureError
 
 __all__ = [
-    "SHM_DIR_ENV", "Layout", "NoSpace", "SlotPool", "SlotWriter", "nameless_file", "shm_directory", "sweep_stale",
+    "SHM_DIR_ENV", "Layout", "NoSpace", "SlotPool", "SlotWriter", "nameless_file", "pid_alive", "shm_directory",
+    "sweep_stale",
 ]
 
 ALIGN = 64
@@ -99,7 +100,7 @@ def sweep_stale(directory: str) -> list[str]:
     uid = os.getuid() if hasattr(os, "getuid") else None
     for path in Path(directory).glob(f"{PREFIX}*"):
         pid = path.name[len(PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             if uid is None or path.stat().st_uid == uid:
@@ -108,7 +109,8 @@ def sweep_stale(directory: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

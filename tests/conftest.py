@@ -3,6 +3,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import threading
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -31,6 +34,28 @@ def concat_model(structure="list"):
     out = keras.layers.Concatenate(name="both")([a, b])
     inputs = {"a": a, "b": b} if structure == "dict" else [a, b]
     return keras.Model(inputs, out)
+
+
+def within(seconds, fn):
+    """fn() in a thread; fails (instead of hanging the suite) if it is still running after `seconds`.
+
+    Returns {"value": ..., "seconds": ...} or {"error": ..., "seconds": ...}.
+    """
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # handed to the test
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s: a hang"
+    result["seconds"] = time.monotonic() - start
+    return result
 
 
 def pytest_report_header(config):

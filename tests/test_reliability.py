@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import within
 
 from kseq.batching import ClassWeights
 from kseq.datasets.base import Dataset
@@ -278,23 +279,6 @@ class TestShmDirectory:
 # -- 3. timeout ---------------------------------------------------------------------------------------------
 
 
-def _within(seconds, fn):
-    """fn() in a thread; fails (instead of hanging the suite) if it is still running after `seconds`."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # handed to the test
-            result["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still waiting after {seconds} s: a hang"
-    return result
-
-
 class TestTimeout:
     @pytest.mark.parametrize("start_method", ["fork", "spawn"])
     def test_a_stuck_worker_process_raises_with_its_stack_and_the_pool_is_replaced(self, start_method):
@@ -303,7 +287,7 @@ class TestTimeout:
                    start_method=start_method, timeout=2) as ds:
             assert ds[0][0].tolist() == list(range(8))
             old = ds._loader.pids()
-            result = _within(120, lambda: ds[1])  # 120 s bounds a hang; the timeout is 2 s
+            result = within(120, lambda: ds[1])  # 120 s bounds a hang; the timeout is 2 s
             error = result.get("error")
             assert isinstance(error, WorkerError), result
             message = str(error)
@@ -322,7 +306,7 @@ class TestTimeout:
         ds = Stuck({"x": np.arange(32)}, batch_size=8, shuffle=False, workers=2, timeout=1.5)
         try:
             ds[0]
-            result = _within(120, lambda: ds[1])
+            result = within(120, lambda: ds[1])
             message = str(result.get("error"))
             assert message.startswith("Batch 1 of epoch 0 took longer than timeout=1.5 s.")
             assert "kseq worker thread" in message

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import within
 
 from kseq.datasets.base import Dataset
 from kseq.datasets.multi_input import MultiInputDataset
@@ -172,25 +173,6 @@ def gone(pid):
 
 def children():
     return {p.pid for p in multiprocessing.active_children()}
-
-
-def within(seconds, fn):
-    """fn() in a thread; fails (instead of hanging the suite) if it takes longer than `seconds`."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # handed to the test
-            result["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    start = time.monotonic()
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still waiting after {seconds} s: a hang"
-    result["seconds"] = time.monotonic() - start
-    return result
 
 
 @pytest.fixture(autouse=True)

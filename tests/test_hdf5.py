@@ -15,7 +15,7 @@ import pytest
 
 from kseq import Dataset, MultiInputDataset, SourceError, StructureError
 from kseq.samplers.block import BlockShuffleSampler, block_permutation
-from kseq.sources import as_source
+from kseq.sources import _aio, as_source
 from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_groups, field_layouts
 
 N = 1000
@@ -573,3 +573,76 @@ class TestPreadv:
         assert [stop - first for first, stop in _read_groups([0], 10, row=1 << 30)] == [1] * 10
         assert {stop - first for first, stop in _read_groups([0], 1022, row=4 << 20)} == {511}  # 511 x 4 MiB < 2 GiB
         assert list(_read_groups([0], 5, row=100, max_bytes=250)) == [(0, 2), (2, 4), (4, 5)]
+
+
+@pytest.mark.skipif(_aio._new() is None, reason="Linux AIO is not available here")
+class TestBatchedReads:
+    """NOTE [ batched reads ]: a batch's rows beyond resident_mb in one io_submit, each run scattered to its rows."""
+
+    def test_scattered_runs_land_in_their_buffers(self, tmp_path):
+        """1,500 runs (more than one submit of 1,024) of 1-3 rows of 16 bytes, read in a shuffled order into
+        an output laid out otherwise: every byte where it belongs."""
+        data = np.random.default_rng(0).integers(0, 256, size=(6000, 16), dtype=np.uint8)
+        path = tmp_path / "rows.bin"
+        path.write_bytes(data.tobytes())
+        rng = np.random.default_rng(1)
+        first = np.sort(rng.choice(np.arange(0, 6000, 4), 1500, replace=False))
+        count = rng.integers(1, 4, size=1500)
+        rows = np.concatenate([np.arange(f, f + c) for f, c in zip(first, count, strict=True)])
+        place = rng.permutation(rows.size)  # row k of the reads goes to out[place[k]]
+        out = np.zeros((rows.size, 16), np.uint8)
+        iovecs = np.empty(rows.size, _aio.IOVEC)
+        iovecs["base"] = out.ctypes.data + place.astype(np.uint64) * 16
+        iovecs["len"] = 16
+        starts = np.r_[0, np.cumsum(count)[:-1]]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with _aio.context() as ctx:
+                got = ctx.read(fd, iovecs, starts, count, first * 16)
+        finally:
+            os.close(fd)
+        np.testing.assert_array_equal(got, count * 16)
+        np.testing.assert_array_equal(out[place], data[rows])
+
+    def test_the_end_of_the_file_gives_a_short_read_and_a_bad_descriptor_an_error(self, tmp_path):
+        path = tmp_path / "short.bin"
+        path.write_bytes(bytes(range(10)))
+        out = np.zeros(8, np.uint8)
+        iovecs = np.array([(out.ctypes.data, 8)], dtype=_aio.IOVEC)
+        fd = os.open(path, os.O_RDONLY)
+        with _aio.context() as ctx:
+            try:
+                assert ctx.read(fd, iovecs, np.array([0]), np.array([1]), np.array([6])).tolist() == [4]
+            finally:
+                os.close(fd)
+            assert out[:4].tolist() == [6, 7, 8, 9]
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                ctx.read(fd, iovecs, np.array([0]), np.array([1]), np.array([0]))
+
+    def test_pread_fields_use_it_and_fall_back_to_preadv_with_a_warning(self, tmp_path, arrays, monkeypatch):
+        monkeypatch.setattr(_aio, "_pool", _aio._Pool())
+        src = HDF5Source(write(tmp_path / "a.h5", arrays), resident_mb=0.001)
+        assert src.readers == {"x": "pread", "id": "pread", "label": "pread"}
+        idx = np.random.default_rng(0).permutation(N)[:300]
+        for name, values in src.read(idx).items():
+            np.testing.assert_array_equal(values, arrays[name][idx])
+        assert _aio._pool.created == 1  # one context, lent three times
+        assert len(_aio._pool.idle) == 1
+        with pytest.warns(RuntimeWarning, match="Linux AIO stopped working, a test; reading with os.preadv"):
+            _aio.disable("a test")
+        for name, values in src.read(idx).items():
+            np.testing.assert_array_equal(values, arrays[name][idx])
+        assert _aio._pool.created == 1
+        assert not _aio._pool.idle
+
+    def test_fit_reuses_a_few_contexts(self, tmp_path, arrays, monkeypatch):
+        """TensorFlow runs a PyDataset's Python in native threads whose thread-local storage is dropped after
+        every batch: contexts kept per thread were made and destroyed (io_destroy, ~40 ms) per batch."""
+        monkeypatch.setattr(_aio, "_pool", _aio._Pool())
+        keras = pytest.importorskip("keras")
+        y = arrays["x"].sum(axis=1, keepdims=True)
+        src = HDF5Source(write(tmp_path / "fit.h5", {"x": arrays["x"], "y": y}), resident_mb=0.001)
+        model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        model.fit(MultiInputDataset(src, inputs="x", targets="y", batch_size=50, seed=0), epochs=2, verbose=0)
+        assert 1 <= _aio._pool.created <= 3  # 40 batches

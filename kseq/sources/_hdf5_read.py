@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from kseq.errors import SourceError
+from kseq.sources import _aio
 from kseq.sources._hdf5_layout import FieldLayout
 
 if TYPE_CHECKING:  # for an annotation only: hdf5.py imports this module
@@ -98,8 +99,9 @@ class _ProcessState:
         return rows.view(layout.dtype).reshape(idx.size, *layout.shape[1:])
 
     def _pread(self, layout: FieldLayout, idx: np.ndarray) -> np.ndarray:
-        """Rows read with ``os.preadv``: one call per run of consecutive rows, each row straight into
-        its place in the output (NOTE [ HDF5 read paths ])."""
+        """Rows read straight into their places in the output: one read per run of consecutive rows,
+        all of a batch's runs in one ``io_submit`` where Linux AIO is there (NOTE [ batched reads ] in
+        :mod:`kseq.sources._aio`), else one ``os.preadv`` per run (NOTE [ HDF5 read paths ])."""
         out = np.empty((idx.size, *layout.shape[1:]), layout.dtype)
         row = layout.row_bytes
         if idx.size == 0 or row == 0:
@@ -107,18 +109,31 @@ class _ProcessState:
         offsets = layout.row_offsets(idx)
         order = np.argsort(offsets, kind="stable")
         offsets = offsets[order]
-        starts = np.flatnonzero(np.r_[True, np.diff(offsets) != row]).tolist()
-        flat = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
-        views = [flat[p * row : (p + 1) * row] for p in order.tolist()]
-        for first, stop in _read_groups(starts, idx.size, row):
-            want = (stop - first) * row
-            got = _preadv_all(self._fd, views[first:stop], int(offsets[first]))
-            if got != want:
-                msg = (
-                    f"Field {layout.name!r} (dataset '/{layout.dataset}') of '{self.path}': read {got} of "
-                    f"{want} bytes at byte {int(offsets[first])}. The file is truncated; write it again."
-                )
-                raise SourceError(msg)
+        first, stop = _read_runs(np.flatnonzero(np.r_[True, np.diff(offsets) != row]), idx.size, row)
+        left = np.arange(first.size)  # the runs still to read
+        with _aio.context() as aio:
+            if aio is not None:
+                iovecs = np.empty(idx.size, _aio.IOVEC)
+                iovecs["base"] = out.ctypes.data + order.astype(np.uint64) * np.uint64(row)
+                iovecs["len"] = row
+                try:
+                    got = aio.read(self._fd, iovecs, first, stop - first, offsets[first])
+                except OSError as e:  # not a truncation (that is a short read): preadv from now on
+                    _aio.disable(f"reading '{self.path}' failed ({e})")
+                else:
+                    left = np.flatnonzero(got != (stop - first) * row)  # short: continued below, or refused
+        if left.size:
+            flat = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
+            for k in left.tolist():
+                a, b = int(first[k]), int(stop[k])
+                views = [flat[p * row : (p + 1) * row] for p in order[a:b].tolist()]
+                got_bytes = _preadv_all(self._fd, views, int(offsets[a]))
+                if got_bytes != (b - a) * row:
+                    msg = (
+                        f"Field {layout.name!r} (dataset '/{layout.dataset}') of '{self.path}': read {got_bytes} "
+                        f"of {(b - a) * row} bytes at byte {int(offsets[a])}. The file is truncated; write it again."
+                    )
+                    raise SourceError(msg)
         return out
 
     def _load(self, layout: FieldLayout, start: int, out: np.ndarray) -> None:
@@ -151,13 +166,23 @@ class _ProcessState:
         return found
 
 
-def _read_groups(starts: Sequence[int], size: int, row: int, max_bytes: int = _MAX_READ) -> Iterator[tuple[int, int]]:
-    """``(first, stop)`` slices of rows for one ``preadv`` each: runs of consecutive rows (``starts``,
-    among ``size`` rows), split into at most ``_IOV_MAX`` rows and ``max_bytes`` bytes (at least one row)."""
+def _read_runs(starts: np.ndarray, size: int, row: int, max_bytes: int = _MAX_READ) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, stop)`` arrays: rows ``first[k]:stop[k]`` are one read. ``starts`` are where runs of
+    consecutive rows begin among ``size`` rows; a run is split into reads of at most ``_IOV_MAX`` rows
+    and ``max_bytes`` bytes (at least one row each)."""
     step = max(1, min(_IOV_MAX, max_bytes // max(1, row)))
-    for start, stop in zip(starts, [*starts[1:], size], strict=True):
-        for first in range(start, stop, step):
-            yield first, min(stop, first + step)
+    starts = np.asarray(starts, dtype=np.int64)
+    stops = np.r_[starts[1:], size].astype(np.int64)
+    if starts.size and (stops - starts).max() > step:
+        starts = np.concatenate([np.arange(a, b, step) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)])
+        stops = np.r_[starts[1:], size].astype(np.int64)
+    return starts, stops
+
+
+def _read_groups(starts: Sequence[int], size: int, row: int, max_bytes: int = _MAX_READ) -> Iterator[tuple[int, int]]:
+    """:func:`_read_runs` as ``(first, stop)`` pairs."""
+    first, stop = _read_runs(np.asarray(starts), size, row, max_bytes)
+    return zip(first.tolist(), stop.tolist(), strict=True)
 
 
 def _preadv_all(fd: int, buffers: list[memoryview], offset: int) -> int:

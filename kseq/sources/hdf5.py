@@ -14,10 +14,14 @@ their byte offsets (``memmap`` or ``pread``); a dataset that is not direct is re
 * ``pread``: the same datasets beyond ``resident_mb``. Mapped file pages count towards a
   process's resident memory (RSS), and recent kernels map whole page-cache folios (a random 4 KiB
   row can map a megabyte), so a map over a file larger than memory grows RSS to the file's size.
-  Releasing mapped pages (``madvise``) and mapping them again was measured slower than reading
-  with ``os.preadv``, which is itself slower than the map (numbers in benchmarks/README.md). So
-  fields that do not fit the budget (smallest are mapped first) are read with one ``preadv``
-  per run of consecutive rows, each row straight into its place in the batch: RSS stays flat.
+  Releasing mapped pages (``madvise``) after every batch does not help: one fault maps a whole
+  large folio, so one random batch of 256 4 KiB rows mapped 480 MB. So fields that do not fit the
+  budget (smallest are mapped first) are read with one read per run of consecutive rows, each
+  row straight into its place in the batch, a batch's runs all in one ``io_submit`` (NOTE
+  [ batched reads ] in :mod:`kseq.sources._aio`; ``os.preadv`` per run where Linux AIO is not
+  there): RSS stays flat. Reading is slower than a mapping already populated, but through
+  ``fit`` the first epoch trains at the rate of a map that faults the file in (numbers in
+  benchmarks/README.md).
 * ``blocks``: compressed or otherwise filtered (or chunked across a row, or partly written).
   Rows are read in blocks of whole chunks along the first axis (``c`` rows, the chunk's first
   dimension), one HDF5 read per block into a per-process arena of ``cache_mb``, least recently

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from benchmarks.common import Result, rate, ratios
+from benchmarks.common import Result, best_in_turns, in_turns, rate, ratios
 from kseq import MultiInputDataset, tune_malloc
 
 BATCH = 256
@@ -112,29 +112,6 @@ def _model() -> keras.Model:
 
 def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def in_turns(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Each run's value in each of ``repeats`` turns; every run goes once per turn, in order, so drift and
-    other load on the machine hit them alike."""
-    values: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run_once in runs.items():
-            values[name].append(run_once())
-    return values
-
-
-def best_in_turns(suite: str, values: dict[str, list[float]], baseline: str, targets: dict[str, str] | None = None,
-                  unit: str = "steps/s") -> list[Result]:
-    """Rows of the best value of each run and its ratio to the best baseline; the name carries the spread:
-    the range of the runs' values and of their ratios to the baseline of the same turn."""
-    rows = ratios(suite, {name: max(v) for name, v in values.items()}, baseline, targets, unit)
-    for row in rows:
-        v = values[row.name]
-        turns = [a / b for a, b in zip(v, values[baseline], strict=True)]
-        spread = f"{min(v):.1f}-{max(v):.1f}" if row.name == baseline else f"{min(turns):.2f}-{max(turns):.2f}x"
-        row.name = f"{row.name} [{len(v)} turns: {spread}]"
-    return rows
 
 
 def _fit_rates(variants: dict[str, dict], steps: int, epochs: int, repeats: int = 3

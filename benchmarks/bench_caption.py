@@ -12,7 +12,7 @@ Batch 256.
 * ``shapes``: distinct batch widths over 5 epochs (batch 64): the train-step compiles on JAX.
 * ``fit``: steps/s of ``model.fit`` on a small GRU captioner, one model per variant, each warmed up by one
   epoch (TF traces once thanks to the variable signature), then the variants timed in turns, best of 3, with
-  the spread of the turns (bench_assembly.best_in_turns). On JAX a later epoch can still bring a width not
+  the spread of the turns (common.best_in_turns). On JAX a later epoch can still bring a width not
   seen in the warm-up, and its compile is timed: that is the cost ``pad_to_multiple`` bounds.
 """
 
@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterable
 import keras
 import numpy as np
 
-from benchmarks.bench_assembly import best_in_turns, in_turns
-from benchmarks.common import Result, rate, ratios
+from benchmarks.common import Result, best_in_turns, in_turns, rate, ratios
 from kseq.datasets.caption import CaptionDataset
 
 BATCH = 256

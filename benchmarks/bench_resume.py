@@ -20,8 +20,7 @@ import keras
 import numpy as np
 
 import kseq
-from benchmarks.bench_assembly import best_in_turns
-from benchmarks.common import Result
+from benchmarks.common import Result, best_in_turns
 
 
 def _model(width: int) -> keras.Model:

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-from benchmarks.common import Result
+from benchmarks.common import Result, in_turns, spread
 from kseq import tune_malloc
 from kseq.datasets.base import Dataset
 from kseq.workers.config import default_start_method
@@ -304,15 +304,6 @@ def loaders(n: int, sample: Sample, path: str) -> dict[str, Make]:
     return out
 
 
-def in_turns(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Each run's value in each of ``repeats`` turns; every run goes once per turn, in order."""
-    values: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run_once in runs.items():
-            values[name].append(run_once())
-    return values
-
-
 def measure(path: str, workload: str, dtype: str, heavy: bool, per_epoch: int, epochs: int,
             repeats: int) -> list[Result]:
     sample = Sample(dtype, heavy)
@@ -338,19 +329,12 @@ def measure(path: str, workload: str, dtype: str, heavy: bool, per_epoch: int, e
     return report(label, in_turns(runs, repeats), heavy)
 
 
-def _spread(values: list[float], base: list[float] | None = None) -> str:
-    if base is None:
-        return f"[{len(values)} turns: {min(values):.1f}-{max(values):.1f}]"
-    turns = [a / b for a, b in zip(values, base, strict=True)]
-    return f"[{len(values)} turns: {min(turns):.2f}-{max(turns):.2f}x]"
-
-
 def report(label: str, values: dict[str, list[float]], heavy: bool) -> list[Result]:
     """The best turn of each loader; ratios of bests; each name carries the range of the same-turn ratios."""
     best = {name: max(v) for name, v in values.items()}
     ours = "kseq 2 processes"
     results = [
-        Result(SUITE, f"{label}: {name} {_spread(v)}", best[name],
+        Result(SUITE, f"{label}: {name} {spread(v)}", best[name],
                baseline=None if name == "inline" else "inline",
                ratio=None if name == "inline" else best[name] / best["inline"],
                target=">= 1.6x" if heavy and name == ours else None)
@@ -366,7 +350,7 @@ def report(label: str, values: dict[str, list[float]], heavy: bool) -> list[Resu
     for name, target in against.items():
         if name in values:
             results.append(Result(SUITE, f"{label}: kseq processes / {name.split(' (')[0]} "
-                                  f"{_spread(values[ours], values[name])}", best[ours], baseline=name,
+                                  f"{spread(values[ours], values[name])}", best[ours], baseline=name,
                                   ratio=best[ours] / best[name], target=target))
     return results
 
@@ -407,7 +391,7 @@ def malloc_effect(per_epoch: int, epochs: int, repeats: int) -> list[Result]:
         base = name.replace("tune_malloc()", "as TF leaves it")
         ratio = None if base == name else max(v) / max(values[base])
         results.append(Result(SUITE, f"malloc, iter f32 cheap: {name}, {faults[name]:,.0f} faults/batch "
-                              f"{_spread(v)}", max(v), baseline=None if ratio is None else base, ratio=ratio))
+                              f"{spread(v)}", max(v), baseline=None if ratio is None else base, ratio=ratio))
     return results
 
 

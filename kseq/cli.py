@@ -18,7 +18,7 @@ import numpy as np
 
 from kseq.errors import KseqError, SourceError, StructureError
 from kseq.sources.hdf5 import FieldLayout, choose_readers, field_layouts
-from kseq.sources.pack import pack
+from kseq.sources.pack import COMPRESSIONS, pack
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -245,7 +245,7 @@ def inspect(path: str | Path) -> str:
 
     Example:
         >>> import os, tempfile
-        >>> from kseq.sources.pack import pack
+        >>> from kseq.sources.pack import COMPRESSIONS, pack
         >>> path = os.path.join(tempfile.mkdtemp(), "f.h5")
         >>> _ = pack(path, {"x": np.zeros((4, 2), "float32")}, progress=False)
         >>> print(inspect(path))
@@ -328,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_pack = sub.add_parser("pack", help="write .npy/.npz/CSV/Parquet inputs to one HDF5 file laid out for fast reads")
     p_pack.add_argument("output", help="the HDF5 file to write")
     p_pack.add_argument("inputs", nargs="+", help="[name=]file.npy|.npz, or one [name=]file.csv|.parquet")
-    p_pack.add_argument("--compression", choices=["gzip", "lzf"], help="compress (chunked layout)")
-    p_pack.add_argument("--level", type=int, help="gzip level, 0-9")
+    p_pack.add_argument("--compression", choices=[c for c in COMPRESSIONS if c],
+                        help="compress (chunked layout); lz4, zstd and blosc need hdf5plugin")
+    p_pack.add_argument("--level", type=int, help="level of gzip (0-9), zstd (1-22) or blosc (0-9)")
     p_pack.add_argument("--chunks", type=_chunks, default=..., help="auto (default), none, or rows per chunk")
     p_pack.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p_pack.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,4 +1,8 @@
 import io
+import pickle
+import subprocess
+import sys
+import textwrap
 
 import h5py
 import numpy as np
@@ -53,6 +57,16 @@ class TestLayout:
         src = pack(tmp_path / "w.h5", wide, compression="lzf", progress=False)
         assert src.layouts["img"].chunks == (256, 1024)
         assert src.layouts["y"].chunks == (256,)
+
+    def test_large_datasets_and_chunks_start_on_a_page(self, tmp_path):
+        """64 KiB and more: a 4 KiB row lies on one page (the memory map and pread are faster); small ones
+        are packed without padding."""
+        big = {"img": np.zeros((100, 1024), "float32"), "y": np.zeros(100, "int8")}
+        src = pack(tmp_path / "c.h5", big, progress=False)
+        assert src.layouts["img"].offset % 4096 == 0
+        chunked = pack(tmp_path / "k.h5", big, chunks=16, progress=False)
+        assert (chunked.layouts["img"].chunk_offsets % 4096 == 0).all()
+        assert src.path.stat().st_size < 100 * 4096 + 100 + 3 * 4096
 
     def test_chunks_true_without_compression(self, tmp_path, arrays):
         src = pack(tmp_path / "c.h5", arrays, chunks=True, progress=False)
@@ -171,9 +185,13 @@ class TestErrors:
         with pytest.raises(StructureError, match="Compression needs a chunked layout"):
             pack(tmp_path / "c.h5", arrays, chunks=None, compression="gzip", progress=False)
 
-    @pytest.mark.parametrize(("option", "match"), [({"compression": "zstd"}, "compression must be"),
+    @pytest.mark.parametrize(("option", "match"), [({"compression": "zlib"}, "compression must be"),
                                                   ({"chunks": 0}, "chunks must be"),
-                                                  ({"compression_opts": 4}, "compression_opts is the gzip level"),
+                                                  ({"compression_opts": 4}, "compression_opts is the level of"),
+                                                  ({"compression": "lz4", "compression_opts": 4},
+                                                   "'lz4' takes none"),
+                                                  ({"compression": "zstd", "compression_opts": 0},
+                                                   r"compression_opts must be an integer in \[1, 22\]"),
                                                   ({"compression": "gzip", "compression_opts": 10},
                                                    r"compression_opts must be an integer in \[0, 9\]"),
                                                   ({"chunks": 2.5}, "integer >= 1. Received chunks=2.5"),
@@ -216,3 +234,57 @@ class TestDtypes:
     def test_bad_dtypes(self, tmp_path, dtypes, match):
         with pytest.raises(StructureError, match=match):
             pack(tmp_path / "b.h5", {"n": np.arange(3)}, dtypes=dtypes, progress=False)
+
+
+@pytest.mark.portable
+class TestFastCodecs:
+    """NOTE [ compression ]: hdf5plugin's LZ4, Zstd and Blosc, written by pack and read in any process."""
+
+    @pytest.mark.parametrize(("compression", "level", "shown"), [("lz4", None, "lz4"), ("zstd", 5, "zstd"),
+                                                                  ("blosc", 9, "blosc")])
+    def test_written_chunked_and_read_back(self, tmp_path, compression, level, shown):
+        pytest.importorskip("hdf5plugin")
+        x = np.repeat(np.arange(2000, dtype="float32"), 8).reshape(2000, 8)  # compressible
+        src = pack(tmp_path / "c.h5", {"x": x, "y": np.arange(2000)}, compression=compression,
+                   compression_opts=level, chunks=100, progress=False)
+        assert {n: (lay.compression, lay.plugin, lay.chunks[0]) for n, lay in src.layouts.items()} == {
+            "x": (shown, True, 100), "y": (shown, True, 100)}
+        assert src.readers == {"x": "blocks", "y": "blocks"}
+        idx = np.random.default_rng(0).permutation(2000)[:300]
+        np.testing.assert_array_equal(src.read(idx)["x"], x[idx])
+        assert sum(lay.storage_bytes for lay in src.layouts.values()) < (x.nbytes + 8 * 2000) / 2
+
+    def test_a_spawned_worker_imports_the_filters_itself(self, tmp_path, monkeypatch):
+        pytest.importorskip("hdf5plugin")
+        monkeypatch.setenv("KERAS_BACKEND", "numpy")
+        x = np.arange(3000, dtype="int64")
+        src = pack(tmp_path / "s.h5", {"x": x}, compression="blosc", chunks=100, progress=False)
+        code = textwrap.dedent(f"""
+            import pickle, sys
+            src = pickle.loads({pickle.dumps(src)!r})
+            assert "hdf5plugin" not in sys.modules
+            print(src.read([2999, 5, 1234])["x"].tolist(), "hdf5plugin" in sys.modules)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["[2999,", "5,", "1234]", "True"]
+
+    def test_without_hdf5plugin_the_source_names_it_at_construction(self, tmp_path):
+        pytest.importorskip("hdf5plugin")
+        path = tmp_path / "z.h5"
+        pack(path, {"x": np.zeros((10, 2))}, compression="zstd", progress=False)
+        code = textwrap.dedent(f"""
+            import sys
+            sys.modules["hdf5plugin"] = None  # as if not installed
+            from kseq import SourceError
+            from kseq.sources.hdf5 import HDF5Source
+            try:
+                HDF5Source({str(path)!r})
+            except SourceError as e:
+                print(e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "Field 'x' (dataset '/x') of " in out.stdout
+        assert "compressed with zstd, needs the HDF5 filters of the hdf5plugin package" in out.stdout
+        assert "pip install hdf5plugin (or pip install 'kseq[compression]')" in out.stdout

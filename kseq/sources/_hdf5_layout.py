@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import h5py
 import numpy as np
@@ -18,9 +19,12 @@ import numpy as np
 from kseq._renames import warn_renamed
 from kseq.errors import KseqError, SourceError
 
-__all__ = ["FieldLayout", "field_layouts", "open_hdf5"]
+__all__ = ["PLUGIN_FILTERS", "FieldLayout", "field_layouts", "load_filter_plugins", "open_hdf5"]
 
 _LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py.h5d.COMPACT: "compact"}
+# Filters of the hdf5plugin package, by their registered id: a short name for tables and messages.
+_BUILT_IN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}  # deflate, shuffle, fletcher32, szip, nbit, scaleoffset; h5py's lzf
+PLUGIN_FILTERS = {32001: "blosc", 32004: "lz4", 32015: "zstd", 32026: "blosc2", 32008: "bitshuffle", 307: "bzip2"}
 _TARGET_BLOCK_BYTES = 1 << 20  # block rows for datasets without chunks (compact, external, unallocated)
 
 
@@ -54,6 +58,7 @@ class FieldLayout:
     offset: int | None
     storage_bytes: int
     chunk_offsets: np.ndarray | None = None
+    plugin: bool = False  # decoded by a filter that hdf5plugin registers (each process imports it to read)
 
     @property
     def direct(self) -> bool:
@@ -173,13 +178,15 @@ def _layout(file: str | os.PathLike, name: str, dataset: str, dset: h5py.Dataset
     try:
         plist = dset.id.get_create_plist()
         layout = "external" if plist.get_external_count() else _LAYOUTS.get(plist.get_layout(), "virtual")
-        filters = [plist.get_filter(i)[3].decode() for i in range(plist.get_nfilters())]
+        ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        filters = [PLUGIN_FILTERS.get(i) or plist.get_filter(k)[3].decode() for k, i in enumerate(ids)]
         compression = None
         if dset.compression is not None:
             level = dset.compression_opts
             compression = dset.compression + ("" if level is None else f"({level})")
         elif filters:
             compression = "+".join(filters)
+        plugin = _check_filters(file, name, dataset, ids, filters)
         storage = dset.id.get_storage_size()
         plain = storage > 0 and _mappable(dset.dtype)
         offset = dset.id.get_offset() if layout == "contiguous" and plain else None
@@ -189,8 +196,45 @@ def _layout(file: str | os.PathLike, name: str, dataset: str, dset: h5py.Dataset
         msg = f"Cannot read the layout of field {name!r} (dataset '/{dataset}') in '{file}': {e}. Write the file again."
         raise SourceError(msg) from e
     return FieldLayout(
-        name, dataset, dset.shape, dset.dtype, layout, dset.chunks, compression, offset, storage, chunk_offsets
+        name, dataset, dset.shape, dset.dtype, layout, dset.chunks, compression, offset, storage, chunk_offsets, plugin
     )
+
+
+def load_filter_plugins(why: str) -> ModuleType:
+    """Import hdf5plugin, which registers its HDF5 filters (LZ4, Zstd, Blosc, ...) in this process."""
+    try:
+        import hdf5plugin
+    except ImportError as e:
+        msg = (
+            f"{why} needs the HDF5 filters of the hdf5plugin package, which is not installed ({e}). "
+            "Install it: pip install hdf5plugin (or pip install 'kseq[compression]')."
+        )
+        raise SourceError(msg) from e
+    return hdf5plugin
+
+
+def _check_filters(file: str | os.PathLike, name: str, dataset: str, ids: list[int], filters: list[str]) -> bool:
+    """Whether reading needs hdf5plugin's filters (loaded here if so); refuse a filter nothing here can decode.
+    Any filter but HDF5's own and h5py's LZF needs them, wherever this process found them."""
+    plugin = [(i, f) for i, f in zip(ids, filters, strict=True) if i not in _BUILT_IN_FILTERS]
+    if not plugin:
+        return False
+    what = f"Field {name!r} (dataset '/{dataset}') of '{file}', compressed with {', '.join(f for _, f in plugin)},"
+    try:
+        load_filter_plugins(what)
+    except SourceError:
+        if all(h5py.h5z.filter_avail(i) for i, _ in plugin):
+            return False  # found on HDF5_PLUGIN_PATH, which worker processes inherit
+        raise
+    missing = [(i, f) for i, f in plugin if not h5py.h5z.filter_avail(i)]
+    if missing:
+        still = [f"{f} (filter id {i})" for i, f in missing]
+        msg = (
+            f"{what} cannot be decoded here: no HDF5 filter for {', '.join(still)}, not even in hdf5plugin. "
+            "Install the filter's plugin (HDF5_PLUGIN_PATH), or write the file again with another compression."
+        )
+        raise SourceError(msg)
+    return True
 
 
 def _chunk_offsets(dset: h5py.Dataset) -> np.ndarray | None:

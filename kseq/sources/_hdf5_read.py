@@ -19,7 +19,7 @@ import numpy as np
 
 from kseq.errors import SourceError
 from kseq.sources import _aio
-from kseq.sources._hdf5_layout import FieldLayout
+from kseq.sources._hdf5_layout import FieldLayout, load_filter_plugins
 
 if TYPE_CHECKING:  # for an annotation only: hdf5.py imports this module
     from kseq.sources.hdf5 import HDF5Source
@@ -56,6 +56,9 @@ class _ProcessState:
         self.caches = {
             name: _BlockCache(lay, slots) for name, (lay, slots) in source._cache_slots().items()
         }
+        plugins = [name for name, lay in source._layouts.items() if lay.plugin]
+        if plugins:  # a spawned or forkserver worker has not imported it yet
+            load_filter_plugins(f"Reading fields {plugins} of '{source.path}'")
         self._map: mmap.mmap | None = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY)

@@ -45,6 +45,7 @@ from kseq.sources.pack import pack
 SUITE = "hdf5"
 BATCH = 256
 WIDTH = 1024
+CODECS = ("lz4", "blosc", "zstd")  # hdf5plugin's, through kseq.pack (NOTE [ compression ])
 
 
 def run(quick: bool) -> list[Result]:
@@ -66,6 +67,8 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
     chunked = pack(folder / "chunked.h5", {"x": x}, chunks=BATCH, progress=False)  # 1 MiB chunks, no filter
     pack(folder / "gzip.h5", {"x": x}, compression="gzip", compression_opts=1, progress=False)
     gzip = HDF5Source(folder / "gzip.h5", cache_mb=32)  # 2 windows of 16 blocks; a fraction of the file
+    codecs = {c: pack(folder / f"{c}.h5", {"x": x}, compression=c, progress=False) for c in CODECS}
+    codecs = {c: HDF5Source(src.path, cache_mb=32) for c, src in codecs.items()}
     pread = HDF5Source(contiguous.path, resident_mb=0.001)  # what a file larger than resident_mb gets
     paths = (contiguous.readers, chunked.readers, gzip.readers, pread.readers)
     if paths != ({"x": "memmap"}, {"x": "memmap"}, {"x": "blocks"}, {"x": "pread"}):
@@ -87,6 +90,7 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
             "kseq gzip chunks, block shuffle": _block_epochs(gzip, timing),
             "kseq gzip chunks, exact shuffle": _epoch(gzip.read, batches[:2], gzip.path, timing),
         }
+        runs |= {f"kseq {c} chunks, block shuffle": _block_epochs(src, timing) for c, src in codecs.items()}
         values = in_turns(runs, timing["turns"])
     compare = [
         ("kseq contiguous (memmap)", "numpy in RAM, fancy index", ">= 0.85x"),
@@ -100,8 +104,13 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
         ("kseq gzip chunks, block shuffle", "h5py slices, contiguous file", ">= 0.7x"),  # issue 3's target
         ("kseq gzip chunks, exact shuffle", "h5py slices, gzip file", None),
     ]
+    for c in CODECS:
+        compare += [(f"kseq {c} chunks, block shuffle", "h5py slices, contiguous file", ">= 0.7x"),  # issue 16
+                    (f"kseq {c} chunks, block shuffle", "kseq gzip chunks, block shuffle", None)]
     rows = [Result(SUITE, f"{name} {spread(v)}", max(v)) for name, v in values.items() if not name.startswith("kseq")]
-    return rows + [versus(SUITE, values, name, base, target) for name, base, target in compare]
+    sizes = [Result(SUITE, f"file size, {c}: x.nbytes / stored bytes", x.nbytes / src.layouts["x"].storage_bytes,
+                    "x smaller") for c, src in {"gzip": gzip, **codecs}.items()]
+    return rows + [versus(SUITE, values, name, base, target) for name, base, target in compare] + sizes
 
 
 def _epoch(read: Callable[[object], object], batches: list, file: Path | None, timing: dict) -> Callable[[], float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ import numpy as np
 from benchmarks.common import Result, in_turns, rate, spread, versus
 from kseq.datasets import MultiInputDataset
 from kseq.samplers.block import BlockShuffleSampler
+from kseq.sources import _aio
 from kseq.sources.hdf5 import RESIDENT_MB, HDF5Source
 from kseq.sources.pack import pack
 
@@ -70,12 +72,19 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
     codecs = {c: pack(folder / f"{c}.h5", {"x": x}, compression=c, progress=False) for c in CODECS}
     codecs = {c: HDF5Source(src.path, cache_mb=32) for c, src in codecs.items()}
     pread = HDF5Source(contiguous.path, resident_mb=0.001)  # what a file larger than resident_mb gets
+    with h5py.File(folder / "unaligned.h5", "w") as f:  # h5py's default: no alignment (pack aligns)
+        f.create_dataset("x", data=x)
+    unaligned = HDF5Source(folder / "unaligned.h5")
+    unaligned_pread = HDF5Source(unaligned.path, resident_mb=0.001)
+    if contiguous.layouts["x"].offset % 4096 != 0 or unaligned.layouts["x"].offset % 4096 == 0:
+        raise RuntimeError("expected pack's file aligned to a page, h5py's not")
     paths = (contiguous.readers, chunked.readers, gzip.readers, pread.readers)
     if paths != ({"x": "memmap"}, {"x": "memmap"}, {"x": "blocks"}, {"x": "pread"}):
         raise RuntimeError(f"unexpected read paths {paths}")
     order = rng.permutation(n)
     batches = [order[i : i + BATCH] for i in range(0, n - BATCH + 1, BATCH)]
     starts = rng.permutation(n // BATCH) * BATCH  # chunk-aligned: one whole chunk per slice
+    released, growth = _released_map(contiguous, batches, timing)
     with h5py.File(contiguous.path) as fc, h5py.File(gzip.path) as fz:
         dc, dz = fc["x"], fz["x"]
         runs = {
@@ -86,6 +95,11 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
             "h5py slices, gzip file": _epoch(lambda s: dz[s : s + BATCH], starts, gzip.path, timing),
             "kseq contiguous (memmap)": _epoch(contiguous.read, batches, contiguous.path, timing),
             "kseq contiguous (pread)": _epoch(pread.read, batches, contiguous.path, timing),
+            "kseq contiguous (pread, os.preadv per run, no AIO)": _without_aio(
+                _epoch(pread.read, batches, contiguous.path, timing)),
+            "kseq unaligned file (memmap)": _epoch(unaligned.read, batches, unaligned.path, timing),
+            "kseq unaligned file (pread)": _epoch(unaligned_pread.read, batches, unaligned.path, timing),
+            "memory map released after every batch (madvise)": released,
             "kseq chunked, no filter (direct)": _epoch(chunked.read, batches, chunked.path, timing),
             "kseq gzip chunks, block shuffle": _block_epochs(gzip, timing),
             "kseq gzip chunks, exact shuffle": _epoch(gzip.read, batches[:2], gzip.path, timing),
@@ -98,6 +112,10 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
         ("kseq contiguous (pread)", "numpy in RAM, fancy index", None),
         ("kseq contiguous (pread)", "kseq contiguous (memmap)", None),
         ("kseq contiguous (pread)", "h5py per-row reads (naive)", None),
+        ("kseq contiguous (pread)", "kseq contiguous (pread, os.preadv per run, no AIO)", None),
+        ("kseq contiguous (memmap)", "kseq unaligned file (memmap)", None),
+        ("kseq contiguous (pread)", "kseq unaligned file (pread)", None),
+        ("memory map released after every batch (madvise)", "kseq contiguous (pread)", None),
         ("kseq chunked, no filter (direct)", "kseq contiguous (memmap)", None),
         ("kseq chunked, no filter (direct)", "h5py slices, contiguous file", ">= 0.7x"),
         ("kseq gzip chunks, block shuffle", "h5py slices, gzip file", None),
@@ -110,7 +128,50 @@ def _reads(folder: Path, n: int, timing: dict) -> list[Result]:
     rows = [Result(SUITE, f"{name} {spread(v)}", max(v)) for name, v in values.items() if not name.startswith("kseq")]
     sizes = [Result(SUITE, f"file size, {c}: x.nbytes / stored bytes", x.nbytes / src.layouts["x"].storage_bytes,
                     "x smaller") for c, src in {"gzip": gzip, **codecs}.items()]
+    sizes.append(Result(SUITE, f"memory map released after every batch: peak RSS growth {spread(growth)}",
+                        max(growth), "MB"))
     return rows + [versus(SUITE, values, name, base, target) for name, base, target in compare] + sizes
+
+
+def _without_aio(turn: Callable[[], float]) -> Callable[[], float]:
+    """``turn`` with Linux AIO off in this process: pread fields read with one os.preadv per run."""
+    def off() -> float:
+        kept = _aio._pool
+        _aio._pool = _aio._Pool()
+        _aio._pool.works = False
+        try:
+            return turn()
+        finally:
+            _aio._pool = kept
+
+    return off
+
+
+def _released_map(src: HDF5Source, batches: list, timing: dict) -> tuple[Callable[[], float], list[float]]:
+    """Rows gathered from a memory map of the whole file, the map's pages released after every batch
+    (``madvise(MADV_DONTNEED)``): what keeping RSS flat with a map would cost. Each turn appends its peak
+    RSS growth (MB) to the list returned."""
+    offset = src.layouts["x"].offset
+    growth: list[float] = []
+
+    def turn() -> float:
+        warm_page_cache(src.path)
+        with open(src.path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        rows = np.ndarray((len(src), WIDTH), np.float32, buffer=mapped, offset=offset)
+
+        def epoch() -> None:
+            for b in batches:
+                np.take(rows, b, axis=0)
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_mb("VmRSS")
+        value = rate(epoch, count=len(batches), min_time=timing["min_time"], repeats=1)
+        growth.append(_status_mb("VmHWM") - before)
+        return value  # the map closes when rows and epoch are collected
+
+    return turn, growth
 
 
 def _epoch(read: Callable[[object], object], batches: list, file: Path | None, timing: dict) -> Callable[[], float]:

@@ -158,7 +158,7 @@ def pad_sequences(
     ``keras.utils.pad_sequences(sequences, padding="post", truncating="post")`` gives the same
     array, but kseq's core stays framework-free (importing Keras imports its backend), and this
     one was measured faster on caption-sized batches: one scatter through a mask instead of a
-    copy per row (numbers in benchmarks/README.md, "Numbers from docstrings").
+    copy per row (numbers in benchmarks/README.md, "core").
 
     Example:
         >>> pad_sequences([[1, 2, 3], [4]], pad_value=0).tolist()

@@ -392,7 +392,7 @@ class _Progress:
 
     Not ``keras.utils.Progbar``: ``python -m kseq pack`` is framework-free, and importing Keras
     imports its backend, measured at seconds and hundreds of MB against about a second for this
-    module (benchmarks/README.md, "Numbers from docstrings"). Not tqdm: not a kseq dependency.
+    module (benchmarks/README.md, "core"). Not tqdm: not a kseq dependency.
     """
 
     def __init__(self, total: int | None, label: str, enabled: bool | TextIO) -> None:

@@ -7,7 +7,7 @@ longer grows), and each batch pays page faults for memory it just gave back.
 Measured: workers forked after a ``fit`` spent several times the CPU time per batch,
 most of it in the kernel, and ``fit`` fed by a MultiInputDataset fell short of numpy
 arrays passed to ``fit`` by default and matched them with these thresholds (numbers in
-benchmarks/README.md, "Numbers from docstrings", and bench_assembly.py). kseq's worker
+benchmarks/README.md, the assembly fit table and the workers malloc rows). kseq's worker
 processes call this at start; the user's own process is changed only if the user
 calls it (or sets ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``).
 """

@@ -8,10 +8,10 @@ own copy of a 4 KiB row from the page cache is a fraction of that. Linux AIO tak
 reads, each at its own offset and each scattering into its own buffers (``IOCB_CMD_PREADV``), in
 one ``io_submit``: a read of a file opened without ``O_DIRECT`` is done inside that call, from the
 page cache or the disk, so ``io_getevents`` then only collects the results. Two system calls a
-batch instead of one per row; 1.5-1.6x the batches/s of per-row ``preadv`` on shuffled 4 KiB rows
-(benchmarks/README.md, hdf5). Memory maps are no answer there: recent kernels map a whole large
-page-cache folio on a fault, up to 2 MB for one 4 KiB row, so a single random batch of 256 rows
-can map 480 MB (measured with ``madvise(MADV_DONTNEED)`` after every batch).
+batch instead of one per row; about 2x (1.9-2.2x) the batches/s of per-run ``preadv`` on shuffled
+4 KiB rows (benchmarks/README.md, hdf5). Memory maps are no answer there: recent kernels map a
+whole large page-cache folio on a fault, so releasing the map after every batch
+(``madvise(MADV_DONTNEED)``) still peaked at 311 MB of RSS over a 400 MB file.
 
 Nothing here needs a library: the calls go through libc's ``syscall()`` with the numbers of
 x86-64 and arm64 (the only architectures with a table below), and the ``iocb`` / ``io_event``

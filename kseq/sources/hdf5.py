@@ -15,13 +15,13 @@ their byte offsets (``memmap`` or ``pread``); a dataset that is not direct is re
   process's resident memory (RSS), and recent kernels map whole page-cache folios (a random 4 KiB
   row can map a megabyte), so a map over a file larger than memory grows RSS to the file's size.
   Releasing mapped pages (``madvise``) after every batch does not help: one fault maps a whole
-  large folio, so one random batch of 256 4 KiB rows mapped 480 MB. So fields that do not fit the
+  large folio, so RSS still peaked at 311 MB over a 400 MB file. So fields that do not fit the
   budget (smallest are mapped first) are read with one read per run of consecutive rows, each
   row straight into its place in the batch, a batch's runs all in one ``io_submit`` (NOTE
   [ batched reads ] in :mod:`kseq.sources._aio`; ``os.preadv`` per run where Linux AIO is not
-  there): RSS stays flat. Reading is slower than a mapping already populated, but through
-  ``fit`` the first epoch trains at the rate of a map that faults the file in (numbers in
-  benchmarks/README.md).
+  there): RSS stays flat. Reading is about a third as fast as from a populated map; through
+  ``fit`` the gap narrows (about 0.7x a map's first epoch, which faults the file in, and
+  0.8-1.0x its second: benchmarks/README.md, hdf5).
 * ``blocks``: compressed or otherwise filtered (or chunked across a row, or partly written).
   Rows are read in blocks of whole chunks along the first axis (``c`` rows, the chunk's first
   dimension), one HDF5 read per block into a per-process arena of ``cache_mb``, least recently

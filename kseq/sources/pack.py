@@ -53,7 +53,7 @@ __all__ = ["pack"]
 _CHUNK_BYTES = 1 << 20  # target bytes of one chunk of the widest field
 _WRITE_BYTES = 64 << 20  # rows written (or copied) per HDF5 call
 # Datasets and chunks of 64 KiB or more start on a 4 KiB page: a 4 KiB row then lies on one page, not two
-# (measured on shuffled 4 KiB rows: memmap 1.39x, pread 1.28x the rates of the same file unaligned).
+# (shuffled 4 KiB rows: memmap 1.27x, pread 1.17x the rates of the same file unaligned; benchmarks/README.md).
 _ALIGN = {"alignment_threshold": 64 << 10, "alignment_interval": 4096}
 
 

@@ -16,7 +16,7 @@ import pytest
 from kseq import Dataset, MultiInputDataset, SourceError, StructureError
 from kseq.samplers.block import BlockShuffleSampler, block_permutation
 from kseq.sources import _aio, as_source
-from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_groups, field_layouts
+from kseq.sources.hdf5 import HDF5Source, _preadv_all, _read_runs, field_layouts
 
 N = 1000
 LAYOUTS = {
@@ -567,7 +567,11 @@ class TestPreadv:
         assert bytes(bufs[2][:2]) == bytes([8, 9])
 
     def test_runs_are_split_by_buffer_count_and_bytes(self):
-        groups = list(_read_groups([0, 3000], 3010, row=1 << 20))
+        def _read_groups(starts, size, row, **limit):
+            first, stop = _read_runs(np.asarray(starts), size, row, **limit)
+            return list(zip(first.tolist(), stop.tolist(), strict=True))
+
+        groups = _read_groups([0, 3000], 3010, row=1 << 20)
         assert groups[0] == (0, 1024)
         assert groups[-1] == (3000, 3010)
         assert [stop - first for first, stop in _read_groups([0], 10, row=1 << 30)] == [1] * 10

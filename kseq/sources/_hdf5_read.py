@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h5py
@@ -180,12 +180,6 @@ def _read_runs(starts: np.ndarray, size: int, row: int, max_bytes: int = _MAX_RE
         starts = np.concatenate([np.arange(a, b, step) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)])
         stops = np.r_[starts[1:], size].astype(np.int64)
     return starts, stops
-
-
-def _read_groups(starts: Sequence[int], size: int, row: int, max_bytes: int = _MAX_READ) -> Iterator[tuple[int, int]]:
-    """:func:`_read_runs` as ``(first, stop)`` pairs."""
-    first, stop = _read_runs(np.asarray(starts), size, row, max_bytes)
-    return zip(first.tolist(), stop.tolist(), strict=True)
 
 
 def _preadv_all(fd: int, buffers: list[memoryview], offset: int) -> int:

@@ -61,7 +61,7 @@ from kseq.errors import SourceError, StructureError
 from kseq.sources._hdf5_layout import FieldLayout, _dataset_names, _layout, field_layouts, open_hdf5
 from kseq.sources._hdf5_read import _preadv_all as _preadv_all  # tests import it from here
 from kseq.sources._hdf5_read import _ProcessState, _stamp
-from kseq.sources._hdf5_read import _read_groups as _read_groups  # tests import it from here
+from kseq.sources._hdf5_read import _read_runs as _read_runs  # tests import it from here
 from kseq.sources.base import check_fields, check_indices
 from kseq.validators import positive_number
 

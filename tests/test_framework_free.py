@@ -33,7 +33,10 @@ def test_a_numpy_only_dataset_s_worker_processes_load_no_framework(method):
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), x)  # and the batches are right
     peak = max(float(b["peak_mb"].max()) for b in batches)
     print(f"{method} worker peak RSS {peak:.0f} MB")
-    assert peak < 150, f"worker peak RSS {peak:.0f} MB"
+    # Far below a worker holding TensorFlow (760 MB). Not tighter: the file-backed part of RSS (numpy's, h5py's
+    # shared libraries) depends on the page cache, as the kernel maps a whole large folio on a fault: the same
+    # worker peaked at 115 MB in one virtual environment and 151 MB in a freshly installed one.
+    assert peak < 250, f"worker peak RSS {peak:.0f} MB"
 
 
 @pytest.mark.portable

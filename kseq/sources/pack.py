@@ -131,7 +131,8 @@ def pack(
     return HDF5Source(path)
 
 
-COMPRESSIONS = (None, "gzip", "lzf", "lz4", "zstd", "blosc")
+_IN_H5PY = (None, "gzip", "lzf")  # compressions every h5py decodes; the others are hdf5plugin's
+COMPRESSIONS = (*_IN_H5PY, "lz4", "zstd", "blosc")
 _LEVELS = {"gzip": (0, 9), "zstd": (1, 22), "blosc": (0, 9)}  # compression_opts: the level, for these only
 
 
@@ -147,14 +148,14 @@ def _check_compression(compression: str | None, level: int | None) -> bool:
         low, high = _LEVELS[compression]
         fix = f"It is the {compression} level."
         integer(level, "compression_opts", minimum=low, maximum=high, optional=True, fix=fix)
-    if compression not in (None, "gzip", "lzf"):
+    if compression not in _IN_H5PY:
         load_filter_plugins(f"pack(compression={compression!r})")  # at the call, not after the first batch
     return compression is not None
 
 
 def _filter_options(compression: str | None, level: int | None) -> dict[str, Any]:
     """h5py ``create_dataset`` options for ``compression`` (NOTE [ compression ])."""
-    if compression in (None, "gzip", "lzf"):
+    if compression in _IN_H5PY:
         return {"compression": compression, "compression_opts": level}
     hdf5plugin = load_filter_plugins(f"pack(compression={compression!r})")
     if compression == "lz4":

@@ -716,6 +716,47 @@ def test_tune_malloc_stops_page_faults_on_reused_temporaries():
     assert faults["tuned"] < faults["default"] / 20
 
 
+_TUNED_BEFORE_FIT = """
+import resource, sys
+import numpy as np, keras, kseq
+
+class Temporaries(kseq.Dataset):
+    faults = []  # this process's page faults while each batch made 50 reused 1 MB temporaries
+
+    def build_batch(self, rows):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            a = np.ones(256 * 1024, "float32")
+            del a
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return {"x": rows["x"]}, rows["y"]
+
+if sys.argv[1] == "tuned":
+    assert kseq.tune_malloc()  # at the top of the script, before fit, where a user calls it
+ds = Temporaries({"x": np.ones((64, 2), "float32"), "y": np.ones(64, "float32")}, batch_size=8, seed=0)
+model = keras.Sequential([keras.Input((2,), name="x"), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+model.fit(ds, epochs=2, shuffle=False, verbose=0)
+print(min(Temporaries.faults[-8:]))  # the second epoch's batches: TensorFlow's generator has run by then
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_malloc_before_fit_survives_tensorflow():
+    """TensorFlow sets glibc's M_TRIM_THRESHOLD (128 KB) when fit first runs its generator dataset, after a
+    user's tune_malloc(): without kseq setting the thresholds again, every reused temporary of an inline
+    build_batch faults its pages in again during fit (NOTE [ malloc thresholds ])."""
+    faults = {}
+    for mode in ("default", "tuned"):
+        out = subprocess.run([sys.executable, "-c", _TUNED_BEFORE_FIT, mode], capture_output=True, text=True,
+                             env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        faults[mode] = int(out.stdout.split()[-1])
+    assert faults["default"] > 50 * 200  # ~256 pages per 1 MB temporary, every time: TF's setting in force
+    assert faults["tuned"] < faults["default"] / 20
+
+
 class Faulting(Dataset):
     """Each batch is the page faults of 200 reused 1 MB temporaries in the process computing it."""
 

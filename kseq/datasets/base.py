@@ -43,6 +43,7 @@ from kseq.validation import CheckReport, check
 from kseq.validators import batch_index
 from kseq.validators import seed as check_seed
 from kseq.workers import BatchLoader, WorkerConfig, batch_context, current_batch
+from kseq.workers.malloc import keep_tuned
 
 __all__ = ["Dataset"]
 
@@ -201,6 +202,7 @@ class Dataset(PyDatasetBase):
         return len(self.sampler)
 
     def __getitem__(self, index: int) -> tuple:
+        keep_tuned()  # TF's fit resets a threshold a user's tune_malloc() set (NOTE [ malloc thresholds ])
         if self._loader is None:
             batch = self.get_batch(index)
         else:

@@ -13,6 +13,7 @@ from kseq.legacy.batches import NormalisedBatches
 from kseq.legacy.stream import Stream
 from kseq.validation import CheckReport
 from kseq.validators import batch_index, integer, whole_number
+from kseq.workers.malloc import keep_tuned
 
 __all__ = ["EpochMarker", "GeneratorDataset", "check_steps"]
 
@@ -112,6 +113,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         return self._stream.steps
 
     def __getitem__(self, index: int) -> tuple:
+        keep_tuned()  # NOTE [ malloc thresholds ]
         named = self.get_batch(index)
         try:
             return self._normaliser.adapt(named)

@@ -10,6 +10,7 @@ import keras
 from kseq.errors import StructureError
 from kseq.legacy.batches import NormalisedBatches
 from kseq.validators import integer
+from kseq.workers.malloc import keep_tuned
 
 __all__ = ["SequenceAdapter"]
 
@@ -76,6 +77,7 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         return len(self.sequence)
 
     def __getitem__(self, index: int) -> tuple:
+        keep_tuned()  # NOTE [ malloc thresholds ]
         try:
             return self._normaliser.adapt(self.get_batch(index))
         except Exception as e:

@@ -21,8 +21,11 @@ Same conditions for every loader (NOTE [ malloc thresholds ] in kseq/workers/mal
 leaves glibc's mmap threshold frozen at 128 KiB, so a process that builds 600 KB samples maps and
 unmaps (and page-faults) each temporary. kseq's worker processes call ``tune_malloc()``; so that no
 baseline pays what kseq's workers do not, the main process calls it before any loader runs, and every
-forked pool (Keras's, the ceiling's, torch's) inherits it. :func:`malloc_effect` measures what that
-changes (inline and ceiling, both settings, in turns, with minor page faults per batch).
+forked pool (Keras's, the ceiling's, torch's) inherits it. TensorFlow sets ``M_TRIM_THRESHOLD`` back once
+per process, when the first ``fit`` runs its generator dataset; kseq's datasets set the thresholds again
+before each batch, and kseq's inline loader is the first to ``fit``, so every later ``fit`` of every loader
+runs under them. :func:`malloc_effect` measures what the setting changes (inline and ceiling, both
+settings, in turns, with minor page faults per batch).
 
 Every figure is measured in ``REPEATS`` turns (each loader once per turn, in order, so drift and other
 load hit them alike); the best turn is reported, and the row's name carries the range of the turns.

@@ -17,8 +17,10 @@ generator dataset ("Memory patch applied", ``generator_dataset_op.cc``): inside 
 thresholds ``tune_malloc`` set are set again (:func:`keep_tuned`, two ``mallopt`` calls,
 under a microsecond) before every batch a kseq dataset serves in that process. Without it,
 an inline ``build_batch`` of 50 reused 1 MB temporaries took 12,850 page faults a batch
-through ``fit`` whether or not the user had called ``tune_malloc()`` (tests/test_workers.py),
-and the CPU-heavy workers workload trained at 1.5 batches/s inline instead of 7.1.
+through ``fit`` whether or not the user had called ``tune_malloc()`` (0 now; tests/test_workers.py),
+and the workers suite's uint8-heavy inline loader trained at 1.4 batches/s instead of 10.0
+(benchmarks/README.md, workers). TensorFlow does this once per process, so a later ``fit`` keeps
+whatever was set last.
 """
 
 from __future__ import annotations

@@ -105,6 +105,9 @@ class Profile:
     page_faults: float = 0.0  # minor page faults in this process per delivered batch
     step_s: float | None = None  # the model's step through fit on the batches held in memory
     fit_s: float | None = None  # a step through fit on the dataset
+    # minor page faults per step that fit on the dataset takes beyond fit on the held batches: TensorFlow changes
+    # glibc's thresholds inside a process's first fit, after the delivery passes (NOTE [ malloc thresholds ])
+    fit_page_faults: float | None = None
     advice: tuple[str, ...] = ()
     hints: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -190,6 +193,9 @@ class Profile:
         if self.step_s is not None and self.fit_s is not None:
             lines.append(f"  {'model step, held batches':<30} {'fit':<14} {1e3 * self.step_s:>9.3f}")
             lines.append(f"  {'step, fit on this dataset':<30} {'fit':<14} {1e3 * self.fit_s:>9.3f}")
+        if self.fit_page_faults is not None:
+            lines.append(f"  page faults per batch: {self.page_faults:,.0f} delivered, {self.fit_page_faults:,.0f} "
+                         "more per step through fit than on held batches")
         lines.append(f"verdict: {self.verdict}")
         lines += [f"  - {line}" for line in self.advice]
         return "\n".join(lines)
@@ -271,15 +277,15 @@ def profile(ds: Any, model: Any = None, *, batches: int | None = None, epochs: i
         if mode != "inline":
             stages["transport"] = _time_transport(data, count, stages, workers, start_epoch + passes)
             stages = {k: stages[k] for k in STAGES if k in stages}  # batch order: transport before adapt
-        step_s = fit_s = None
+        step_s = fit_s = fit_faults = None
         if model is not None:
-            step_s, fit_s = _time_steps(model, data, feed, count, passes, start_epoch)
+            step_s, fit_s, fit_faults = _time_steps(model, data, feed, count, passes, start_epoch)
     finally:
         _set_epoch(data, start_epoch)
     result = Profile(
         name=type(data).__name__, mode=mode, workers=workers, batches=count, passes=passes,
         batch_bytes=batch_bytes, first_batch_s=first, delivered_s=tuple(delivered), stages=stages,
-        page_faults=faults, step_s=step_s, fit_s=fit_s, hints=_hints(data),
+        page_faults=faults, step_s=step_s, fit_s=fit_s, fit_page_faults=fit_faults, hints=_hints(data),
     )
     return _with_advice(result)
 
@@ -408,23 +414,27 @@ class _StepTimer(keras.callbacks.Callback):
         return (end - start) / (last - first) if last > first else math.nan
 
 
-def _time_steps(model: Any, data: Any, feed: Any, count: int, passes: int, epoch0: int) -> tuple[float, float]:
-    """Best of ``passes`` one-epoch fits on the held batches and on the dataset, in turns, after one of each."""
+def _time_steps(model: Any, data: Any, feed: Any, count: int, passes: int, epoch0: int) -> tuple[float, float, float]:
+    """Best of ``passes`` one-epoch fits on the held batches and on the dataset, in turns, after one of each;
+    and the page faults per step the dataset's fits took beyond the held batches' (fewest of the turns)."""
     saved = _snapshot(model)
     try:
         _set_epoch(data, epoch0)
         held = _Held([feed[i] for i in range(count)])
-        best = [math.inf, math.inf]
+        best, faults = [math.inf, math.inf], [math.inf, math.inf]
         for turn in range(1 + passes):  # turn 0 compiles and starts the pool: untimed
             for which, source in enumerate((held, _First(data, feed, count))):
                 _set_epoch(data, epoch0 + turn)
                 timer = _StepTimer()
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 model.fit(source, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
                 if turn:
                     best[which] = min(best[which], timer.seconds_per_step())
+                    faults[which] = min(faults[which], (resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                                                        - before) / count)
     finally:
         _restore(saved)
-    return best[0], best[1]
+    return best[0], best[1], max(0.0, faults[1] - faults[0])
 
 
 def _snapshot(model: Any) -> list[tuple[Any, np.ndarray]]:
@@ -479,11 +489,12 @@ def _with_advice(p: Profile) -> Profile:
     elif stage == "adapt":
         advice.append("putting batches into the model's structure is the slowest part: build the model "
                       "from a dict of named inputs, which takes kseq's named batches as they are")
-    faulted = p.page_faults * _PAGE
-    if faulted > 2**20 and faulted > 0.25 * p.batch_bytes:
-        advice.append(f"this process took {p.page_faults:,.0f} page faults per batch "
-                      f"({p.page_faults * _PAGE / 1e6:,.1f} MB): glibc returns batch-sized buffers to the kernel "
-                      "and faults them in again; call kseq.tune_malloc() before fit (NOTE [ malloc thresholds ])")
+    faults, where = max((p.page_faults, "per batch"), (p.fit_page_faults or 0.0, "per step of fit on it"))
+    if faults * _PAGE > 2**20 and faults * _PAGE > 0.25 * p.batch_bytes:
+        advice.append(f"this process took {faults:,.0f} page faults {where} ({faults * _PAGE / 1e6:,.1f} MB): "
+                      "glibc returns batch-sized buffers to the kernel and faults them in again (TensorFlow "
+                      "sets this up in a process's first fit); call kseq.tune_malloc() before fit (NOTE "
+                      "[ malloc thresholds ])")
     if p.mode != "inline" and p.input_bound and p.total_s > 1.5 * max(p.cost(s) for s in p.stages):
         advice.append(f"the workers are idle part of the time: raise max_queue_size (now {p.hints['queue']}) "
                       "so more batches are computed ahead, and pass shuffle=False to fit (its default "

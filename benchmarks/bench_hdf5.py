@@ -13,7 +13,8 @@ Baselines measured in the same run, on the same data:
 And a memory check: two training epochs (``fit``) from a file larger than ``resident_mb`` (2 GiB;
 256 MiB with --quick) must grow peak RSS by less than 300 MB, at >= 0.8x the rate of the same
 epoch with the whole file memory-mapped. Each runs in a fresh process (``python -m
-benchmarks.bench_hdf5 --memory FILE``), with the file in /tmp, the two variants in turns.
+benchmarks.bench_hdf5 --memory FILE``), with the file in /tmp, the variants in turns: as a user runs it,
+and both again after ``kseq.tune_malloc()`` (NOTE [ malloc thresholds ]).
 
 Every reader starts from a warm page cache (:func:`warm_page_cache`), and every figure is the best
 of its turns (variants in turns), its name carrying the range.
@@ -38,6 +39,7 @@ import keras
 import numpy as np
 
 from benchmarks.common import Result, in_turns, rate, spread, versus
+from kseq import tune_malloc
 from kseq.datasets import MultiInputDataset
 from kseq.samplers.block import BlockShuffleSampler
 from kseq.sources import _aio
@@ -223,33 +225,38 @@ def _memory(folder: Path, nbytes: int, turns: int) -> list[Result]:
     size = path.stat().st_size
     label = f"fit, {size / 1e9:.2f} GB file"
     budget = RESIDENT_MB if nbytes >> 20 > RESIDENT_MB else (nbytes >> 20) // 4  # the default; 1/4 with --quick
-    variants = {"kseq default" if budget == RESIDENT_MB else f"kseq resident_mb={budget}": str(budget),
-                "whole file mapped": "1000000"}
+    ours = "kseq default" if budget == RESIDENT_MB else f"kseq resident_mb={budget}"
+    # (resident_mb, tune_malloc in the child): as a user runs it, and after kseq.tune_malloc() (both variants)
+    variants = {ours: (str(budget), False), "whole file mapped": ("1000000", False),
+                f"{ours}, tune_malloc()": (str(budget), True), "whole file mapped, tune_malloc()": ("1000000", True)}
     reports: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(turns):  # a fresh process per variant and turn, variants in turns
-        for name, resident in variants.items():
-            reports[name].append(_child(path, resident))
+        for name, (resident, tune) in variants.items():
+            reports[name].append(_child(path, resident, tune))
     path.unlink()
     readers = {name: reports[name][0]["reader"] for name in variants}
-    if list(readers.values()) != ["pread", "memmap"]:
+    if list(readers.values()) != ["pread", "memmap"] * 2:
         raise RuntimeError(f"unexpected read paths {readers}")
     results = []
     for name in variants:
         growth = [r["growth_mb"] for r in reports[name]]
         results.append(Result(SUITE, f"{label}: peak RSS growth, {name} ({readers[name]}) {spread(growth)}",
                               max(growth), "MB", target="< 300 MB" if name.startswith("kseq") else None))
-    for epoch in (1, 2):
-        values = {f"{label}: epoch {epoch}, {name} ({readers[name]})": [r["epochs"][epoch - 1] for r in reports[name]]
-                  for name in variants}
-        ours, mapped = values
-        results.append(Result(SUITE, f"{mapped} {spread(values[mapped])}", max(values[mapped])))
-        results.append(versus(SUITE, values, ours, mapped, ">= 0.8x" if epoch == 1 else None))
+    names = list(variants)
+    for pair in (names[:2], names[2:]):
+        for epoch in (1, 2):
+            values = {f"{label}: epoch {epoch}, {name} ({readers[name]})": [r["epochs"][epoch - 1]
+                                                                            for r in reports[name]] for name in pair}
+            kseq_row, mapped = values
+            results.append(Result(SUITE, f"{mapped} {spread(values[mapped])}", max(values[mapped])))
+            results.append(versus(SUITE, values, kseq_row, mapped, ">= 0.8x" if epoch == 1 else None))
     return results
 
 
-def _child(path: Path, resident_mb: str) -> dict:
+def _child(path: Path, resident_mb: str, tune: bool) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "benchmarks.bench_hdf5", "--memory", str(path), "--resident-mb", resident_mb]
+    cmd = [sys.executable, "-m", "benchmarks.bench_hdf5", "--memory", str(path), "--resident-mb", resident_mb,
+           *(["--tune-malloc"] if tune else [])]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=1800,
                          cwd=Path(__file__).resolve().parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -283,9 +290,12 @@ class _EpochTimes(keras.callbacks.Callback):
         self.rates.append(self.batches / (time.perf_counter() - self.start))
 
 
-def _train(path: str, resident_mb: float) -> dict:
+def _train(path: str, resident_mb: float, tune: bool = False) -> dict:
     """In a fresh process: train two epochs from ``path``; report each epoch's rate and the peak RSS growth.
-    The first epoch of a memory map faults every page in; the second finds them mapped."""
+    The first epoch of a memory map faults every page in; the second finds them mapped. ``tune``: call
+    ``kseq.tune_malloc()`` first, as a user would at the top of a script."""
+    if tune:
+        tune_malloc()
     src = HDF5Source(path, resident_mb=resident_mb)
     ds = MultiInputDataset(src, inputs="x", targets="y", batch_size=BATCH, seed=0)
     model = keras.Sequential([keras.Input((WIDTH,), name="x"), keras.layers.Dense(1)])
@@ -309,5 +319,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", required=True)
     parser.add_argument("--resident-mb", type=float, default=1024)
+    parser.add_argument("--tune-malloc", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(_train(args.memory, args.resident_mb)))
+    print(json.dumps(_train(args.memory, args.resident_mb, args.tune_malloc)))

@@ -1,3 +1,4 @@
+import gc
 import multiprocessing
 import os
 import pickle
@@ -638,6 +639,46 @@ class TestBatchedReads:
             np.testing.assert_array_equal(values, arrays[name][idx])
         assert _aio._pool.created == 1
         assert not _aio._pool.idle
+
+    def test_a_kept_pread_batch_keeps_its_rows(self, tmp_path):
+        """NOTE [ recycled pread outputs ]: a batch kept (or a slice of it) keeps its buffer; a dropped batch's
+        buffer serves a later batch; every batch holds its own rows whatever was read after it."""
+        x = np.random.default_rng(0).normal(size=(2048, 256)).astype("float32")  # 256 kB batches of 256 rows
+        src = HDF5Source(write(tmp_path / "big.h5", {"x": x}), resident_mb=0.001)
+        assert src.readers == {"x": "pread"}
+        order = np.random.default_rng(1).permutation(2048).reshape(8, 256)
+        kept = src.read(order[0])["x"]
+        part = src.read(order[1])["x"][10:20]  # only a slice of batch 1 is kept
+        for batch in order[2:]:
+            dropped = src.read(batch)["x"]
+            np.testing.assert_array_equal(dropped, x[batch])
+            dropped[:] = 0  # writable, as np.empty's were; nothing kept sees it
+            del dropped
+            gc.collect()
+        np.testing.assert_array_equal(kept, x[order[0]])
+        np.testing.assert_array_equal(part, x[order[1]][10:20])
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mmap threshold")
+    def test_pread_batches_do_not_fault_their_pages_in_anew(self, tmp_path):
+        """With glibc's mmap threshold at 128 KB, as TensorFlow's fit leaves it, every new 256 kB batch would be
+        mapped and faulted in afresh (64 pages); pread batches come from buffers already faulted in."""
+        path = write(tmp_path / "big.h5", {"x": np.ones((2048, 256), "float32")})
+        script = textwrap.dedent(f"""
+            import resource, numpy as np
+            from kseq.sources.hdf5 import HDF5Source
+            src = HDF5Source({str(path)!r}, resident_mb=0.001)
+            batches = np.random.default_rng(0).permutation(2048).reshape(8, 256)
+            src.read(batches[0])  # the first batch: descriptor, AIO context, the first buffer
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(10):
+                for batch in batches:
+                    src.read(batch)
+            print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 80)
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "KERAS_BACKEND": "numpy"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert float(out.stdout.split()[-1]) < 64 / 4  # per batch; 64+ when each batch is a new mapping
 
     def test_fit_reuses_a_few_contexts(self, tmp_path, arrays, monkeypatch):
         """TensorFlow runs a PyDataset's Python in native threads whose thread-local storage is dropped after

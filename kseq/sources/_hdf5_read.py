@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # for an annotation only: hdf5.py imports this module
     from kseq.sources.hdf5 import HDF5Source
 
 _IOV_MAX = 1024  # buffers per os.preadv call (POSIX guarantees at least 16; Linux and macOS allow 1024)
+_RECYCLED_BYTES = 128 << 10  # pread outputs this large come from _Outputs (NOTE [ recycled pread outputs ])
+_IDLE_OUTPUTS = 8  # idle buffers kept per size
 _MAX_READ = 0x7FFFF000  # bytes Linux transfers per read call at most (MAX_RW_COUNT); more comes back short
 
 
@@ -67,6 +69,7 @@ class _ProcessState:
         weakref.finalize(self, os.close, self._fd)
         _check_unchanged(self._fd, self.stamp, self.what)
         self._views: dict[str | int, np.ndarray] = {}
+        self._outputs = _Outputs()
         self._file: h5py.File | None = None
         self._datasets: dict[str, tuple[h5py.h5d.DatasetID, h5py.h5s.SpaceID]] = {}
 
@@ -105,7 +108,7 @@ class _ProcessState:
         """Rows read straight into their places in the output: one read per run of consecutive rows,
         all of a batch's runs in one ``io_submit`` where Linux AIO is there (NOTE [ batched reads ] in
         :mod:`kseq.sources._aio`), else one ``os.preadv`` per run (NOTE [ HDF5 read paths ])."""
-        out = np.empty((idx.size, *layout.shape[1:]), layout.dtype)
+        out = self._outputs.empty((idx.size, *layout.shape[1:]), layout.dtype)
         row = layout.row_bytes
         if idx.size == 0 or row == 0:
             return out
@@ -167,6 +170,45 @@ class _ProcessState:
             dset = self._file[layout.dataset].id
             found = self._datasets[layout.name] = (dset, dset.get_space())
         return found
+
+
+class _Outputs:
+    """Batch buffers of the ``pread`` path, each used again once every array over it is gone.
+
+    # NOTE [ recycled pread outputs ]
+    Once TensorFlow's ``fit`` has run, glibc maps every new batch-sized array afresh and unmaps it when
+    freed (NOTE [ malloc thresholds ] in :mod:`kseq.workers.malloc`), so the kernel's copy of each row
+    into a new batch page-faults on every page. The pread path reads into buffers it keeps instead,
+    faulted in once: each lent buffer is wrapped in a fresh ``memoryview``, the batch is a numpy array
+    over it, and a finalizer on the object at the root of the array's bases (which every slice or
+    reshape of the batch keeps alive, as in NOTE [ shared-memory slots ]) puts the buffer back, up to
+    ``_IDLE_OUTPUTS`` idle buffers per size. A batch someone keeps keeps its buffer: the next batch
+    gets another.
+    """
+
+    def __init__(self) -> None:
+        self.idle: dict[int, list[np.ndarray]] = {}
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < _RECYCLED_BYTES:
+            return np.empty(shape, dtype)
+        idle = self.idle.setdefault(nbytes, [])
+        try:
+            buffer = idle.pop()
+        except IndexError:
+            buffer = np.empty(nbytes, np.uint8)
+        out = np.frombuffer(memoryview(buffer), dtype)  # type: ignore[arg-type]  # ndarray exports buffers
+        root: object = out
+        while isinstance(root, np.ndarray):  # the object numpy made to hold the buffer: every view keeps it
+            root = root.base
+        weakref.finalize(root, _give_back, idle, buffer).atexit = False
+        return out.reshape(shape)
+
+
+def _give_back(idle: list[np.ndarray], buffer: np.ndarray) -> None:
+    if len(idle) < _IDLE_OUTPUTS:
+        idle.append(buffer)
 
 
 def _read_runs(starts: np.ndarray, size: int, row: int, max_bytes: int = _MAX_READ) -> tuple[np.ndarray, np.ndarray]:

@@ -19,9 +19,10 @@ their byte offsets (``memmap`` or ``pread``); a dataset that is not direct is re
   budget (smallest are mapped first) are read with one read per run of consecutive rows, each
   row straight into its place in the batch, a batch's runs all in one ``io_submit`` (NOTE
   [ batched reads ] in :mod:`kseq.sources._aio`; ``os.preadv`` per run where Linux AIO is not
-  there): RSS stays flat. Reading is about a third as fast as from a populated map; through
-  ``fit`` the gap narrows (about 0.7x a map's first epoch, which faults the file in, and
-  0.8-1.0x its second: benchmarks/README.md, hdf5).
+  there), into buffers kseq lends again once a batch is gone (NOTE [ recycled pread outputs ]):
+  RSS stays flat. Reading alone is about a third as fast as from a populated map; through ``fit``
+  the step hides the difference (0.9-1.1x the map's epochs, 32 MB of RSS growth against 2 GB:
+  benchmarks/README.md, hdf5).
 * ``blocks``: compressed or otherwise filtered (or chunked across a row, or partly written).
   Rows are read in blocks of whole chunks along the first axis (``c`` rows, the chunk's first
   dimension), one HDF5 read per block into a per-process arena of ``cache_mb``, least recently

@@ -7,6 +7,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import malloc_runs
 
 import kseq
 from kseq.cli import main
@@ -241,16 +242,9 @@ print(round(p.page_faults), round(p.fit_page_faults), any("tune_malloc" in line 
 def test_profile_sees_the_page_faults_fit_brings():
     """TensorFlow changes glibc's thresholds inside the first fit of a process, after profile's delivery passes
     timed the dataset alone: the faults the dataset takes through fit are counted there too, and advised on."""
-    import os
-    import subprocess
-
     seen = {}
-    for mode in ("default", "tuned"):
-        out = subprocess.run([sys.executable, "-c", _FAULTS_THROUGH_FIT, mode], capture_output=True, text=True,
-                             env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
-                             timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        delivered, through_fit, advised = out.stdout.split()[-3:]
+    for mode, words in malloc_runs(_FAULTS_THROUGH_FIT).items():
+        delivered, through_fit, advised = words[-3:]
         seen[mode] = (int(delivered), int(through_fit), advised == "True")
     assert seen["default"][0] < 20 * 256 / 4  # delivered alone, before any fit: glibc's own threshold holds
     assert seen["default"][1] > 20 * 256 * 0.8  # through fit: ~256 faults per temporary

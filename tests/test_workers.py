@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import within
+from conftest import malloc_runs, within
 
 from kseq.datasets.base import Dataset
 from kseq.datasets.multi_input import MultiInputDataset
@@ -756,13 +756,7 @@ def test_tune_malloc_before_fit_survives_tensorflow():
     """TensorFlow sets glibc's M_TRIM_THRESHOLD (128 KB) when fit first runs its generator dataset, after a
     user's tune_malloc(): without kseq setting the thresholds again, every reused temporary of an inline
     build_batch faults its pages in again during fit (NOTE [ malloc thresholds ])."""
-    faults = {}
-    for mode in ("default", "tuned"):
-        out = subprocess.run([sys.executable, "-c", _TUNED_BEFORE_FIT, mode], capture_output=True, text=True,
-                             env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
-                             timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        faults[mode] = [int(n) for n in out.stdout.split()[-2:]]  # a kseq Dataset, then fit_generator
+    faults = {mode: [int(n) for n in words[-2:]] for mode, words in malloc_runs(_TUNED_BEFORE_FIT).items()}
     for default, tuned in zip(faults["default"], faults["tuned"], strict=True):
         assert default > 50 * 200  # ~256 pages per 1 MB temporary, every time: TF's setting in force
         assert tuned < default / 20

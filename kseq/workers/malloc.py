@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 from collections.abc import Callable
 
@@ -34,8 +35,8 @@ __all__ = ["keep_tuned", "tune_malloc"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
-# What tune_malloc() set in this process (a forked child inherits it with glibc's state): (mallopt, mmap, trim).
-_tuned: tuple[Callable[[int, int], int], int, int] | None = None
+# The thresholds tune_malloc() set in this process (a forked child inherits them with glibc's state).
+_tuned: tuple[int, int] | None = None
 
 
 def tune_malloc(*, mmap_threshold: int = 32 * 2**20, trim_threshold: int = 64 * 2**20) -> bool:
@@ -49,21 +50,32 @@ def tune_malloc(*, mmap_threshold: int = 32 * 2**20, trim_threshold: int = 64 * 
         True
     """
     global _tuned
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl or another libc: nothing to tune
-        return False
-    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
-    ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
-    _tuned = (mallopt, int(mmap_threshold), int(trim_threshold)) if ok else None
+    thresholds = (int(mmap_threshold), int(trim_threshold))
+    ok = _set(*thresholds)
+    _tuned = thresholds if ok else None
     return ok
 
 
 def keep_tuned() -> None:
     """Set again the thresholds :func:`tune_malloc` set in this process; nothing if it was not called."""
     if _tuned is not None:
-        mallopt, mmap_threshold, trim_threshold = _tuned
-        mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+        _set(*_tuned)
+
+
+def _set(mmap_threshold: int, trim_threshold: int) -> bool:
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    return mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
+
+
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, looked up once (``find_library`` runs a process: 2.2 ms); ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return None

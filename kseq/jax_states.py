@@ -23,6 +23,7 @@ from typing import Any
 
 import keras
 
+from kseq.keras_compat import list_variables_for_jax
 from kseq.states import stateful_layers
 
 __all__ = ["track_layer_states", "track_states"]
@@ -52,18 +53,4 @@ def track_layer_states(layers: Iterable[Any]) -> int:
     """:func:`track_states` for stateful layers already found (e.g. :attr:`StatefulLayers.layers`)."""
     if keras.backend.backend() != "jax":
         return 0
-    added = 0
-    for layer in layers:
-        listed = layer._seed_generators  # the list Layer.variables reads `.state` from
-        for state in keras.tree.flatten(layer.states):
-            if not any(getattr(entry, "state", None) is state for entry in listed):
-                listed.append(_ListedState(state))
-                added += 1
-    return added
-
-
-class _ListedState:
-    """An entry of ``Layer._seed_generators``: ``Layer.variables`` reads only its ``state``."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    return sum(list_variables_for_jax(layer, keras.tree.flatten(layer.states)) for layer in layers)

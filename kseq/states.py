@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from kseq.errors import StructureError
+from kseq.keras_compat import flatten_layers
 
 __all__ = ["StatefulLayers", "stateful_layers"]
 
@@ -41,9 +42,7 @@ _MASKS_KEPT = 4096
 
 def stateful_layers(model: Any) -> list[Any]:
     """Every built layer of ``model`` (nested models and wrappers included) with ``stateful=True``."""
-    # _flatten_layers walks nested models and wrappers (Bidirectional's forward and backward
-    # layers); Keras has no public recursive walk.
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = flatten_layers(model)  # nested models and wrappers too (kseq.keras_compat)
     return [layer for layer in layers if getattr(layer, "stateful", False) and getattr(layer, "states", None)]
 
 

@@ -22,9 +22,11 @@ from typing import Any
 
 import keras
 
+from kseq.keras_compat import TORCH_FUSED_RNN_FIXED_IN, has_fused_rnn_bug
+
 __all__ = ["FIXED_IN", "has_fused_path_bug", "use_generic_rnn_path"]
 
-FIXED_IN = (3, 15, 2)  # the first release after keras-team/keras PR #23464 (3.15.1 is the newest that has the bug)
+FIXED_IN = TORCH_FUSED_RNN_FIXED_IN  # the first release after keras-team/keras PR #23464 (kept: a public name)
 
 
 def has_fused_path_bug(version: str | None = None, backend: str | None = None) -> bool:
@@ -34,8 +36,7 @@ def has_fused_path_bug(version: str | None = None, backend: str | None = None) -
         >>> [has_fused_path_bug(v, b) for v, b in [("3.15.1", "torch"), ("3.15.1", "jax"), ("3.16.0", "torch")]]
         [True, False, False]
     """
-    backend = keras.backend.backend() if backend is None else backend
-    return backend == "torch" and _release(version or keras.__version__) < FIXED_IN
+    return has_fused_rnn_bug(version, backend)
 
 
 def use_generic_rnn_path(layers: Iterable[Any]) -> int:
@@ -48,13 +49,3 @@ def use_generic_rnn_path(layers: Iterable[Any]) -> int:
             layer.use_cudnn = False
             changed += 1
     return changed
-
-
-def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
-        parts.append(int(digits or 0))
-        if not piece.isdigit():
-            break
-    return tuple(parts)

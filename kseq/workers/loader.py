@@ -45,6 +45,7 @@ from itertools import chain, islice
 from typing import Any
 
 from kseq.errors import WorkerError
+from kseq.position import Position
 from kseq.workers.backend import Backend, Done, Key
 from kseq.workers.config import WorkerConfig
 from kseq.workers.process import ProcessPool
@@ -103,9 +104,15 @@ class BatchLoader:
         pool = self._pool
         return [] if pool is None else pool.pids()
 
-    def get(self, dataset: Any, epoch: int, index: int, length: int) -> Any:
-        """Batch ``index`` of ``epoch``, computed by a worker; raises :class:`WorkerError` when it failed."""
+    def get(self, dataset: Any, epoch: int, index: int, length: int, position: Position | None = None) -> Any:
+        """Batch ``index`` of ``epoch``, computed by a worker; raises :class:`WorkerError` when it failed.
+
+        ``position``: the dataset's own tracker, which has recorded this request already; the loader
+        reads the pass from it to prefetch (without one it keeps its own).
+        """
         with self._lock:
+            if position is not None:
+                self._position, self._follows = position, True
             try:
                 done = self._fetch(dataset, epoch, index, length)
             except BaseException:  # a broken pool, Ctrl-C, or a start that failed: stop every worker
@@ -143,15 +150,15 @@ class BatchLoader:
         self._pending: set[Key] = set()
         self._ready: dict[Key, Done] = {}
         self._epoch: int | None = None
-        self._served: set[int] = set()
-        self._last: int | None = None
-        self._in_order = True
+        self._position = Position(0)  # the pass being served: the dataset's tracker once get() names it
+        self._follows = False
 
     def resume_at(self, epoch: int, index: int) -> None:
         """The dataset was put at batch ``index`` of ``epoch`` (``set_state``): expect that batch next, in order."""
         with self._lock:
-            self._epoch, self._served = epoch, set(range(index))
-            self._last, self._in_order = (index - 1 if index else None), True
+            self._epoch = epoch
+            if not self._follows:
+                self._position.set(epoch, index)
             if self._pool is not None:
                 self._pool.set_window(epoch)
                 for key in [k for k in self._ready if not self._useful(k)]:
@@ -159,7 +166,7 @@ class BatchLoader:
 
     def _fetch(self, dataset: Any, epoch: int, index: int, length: int) -> Done:
         pool = self._ensure_started(dataset)
-        self._begin(epoch, index)
+        self._begin(epoch, index, length)
         key = (epoch, index)
         if key not in self._ready and key not in self._pending:
             self._submit(dataset, key)
@@ -219,20 +226,19 @@ class BatchLoader:
             self._finalizer = weakref.finalize(dataset, self.close)
         return self._pool
 
-    def _begin(self, epoch: int, index: int) -> None:
+    def _begin(self, epoch: int, index: int, length: int) -> None:
+        position = self._position
+        if not self._follows:  # used on its own (no dataset tracker): record the request here
+            if position.length != length or position.epoch != epoch:
+                position = self._position = Position(length, epoch)
+            position.request(index)
         if epoch != self._epoch:
-            self._epoch, self._served, self._last, self._in_order = epoch, set(), None, True
+            self._epoch = epoch
             self._pool.set_window(epoch)  # type: ignore[union-attr]
             for key in [k for k in self._ready if not self._useful(k)]:
                 self._pool.discard(self._ready.pop(key))  # type: ignore[union-attr]
-        if index == 0 and self._last is not None:  # a new pass over the epoch (TF predict's signature, a peek)
-            self._served, self._last, self._in_order = set(), None, True
-        expected = 0 if self._last is None else self._last + 1
-        if index != expected and self._in_order:
-            self._in_order = False
-            self._warn_out_of_order(index, self._last)
-        self._last = index
-        self._served.add(index)
+        if not position.in_order:
+            self._warn_out_of_order(index)
 
     def _submit(self, dataset: Any, key: Key) -> None:
         self._pool.submit(dataset, key)  # type: ignore[union-attr]
@@ -252,7 +258,7 @@ class BatchLoader:
     def _useful(self, key: Key) -> bool:
         epoch, index = key
         current = self._epoch if self._epoch is not None else epoch
-        return (epoch == current and index not in self._served) or epoch == current + 1
+        return (epoch == current and index not in self._position.served) or epoch == current + 1
 
     def _top_up(self, dataset: Any, key: Key, length: int) -> None:
         room = self.config.max_queue_size - len(self._pending) - len(self._ready)
@@ -263,22 +269,21 @@ class BatchLoader:
     def _ahead(self, key: Key, length: int) -> Iterator[Key]:
         """The keys most likely to be asked for next, best first, neither in flight nor ready."""
         epoch, index = key
-        if self._in_order:
+        if self._position.in_order:
             keys: Iterator[Key] = chain(
                 ((epoch, i) for i in range(index + 1, length)), ((epoch + 1, i) for i in range(length))
             )
         else:  # shuffled requests: any index of this epoch not served yet will be asked for
             scan = islice(chain(range(index + 1, length), range(index)), 8 * self.config.max_queue_size + 64)
-            keys = ((epoch, i) for i in scan if i not in self._served)
+            keys = ((epoch, i) for i in scan if i not in self._position.served)
         return (k for k in keys if k not in self._pending and k not in self._ready)
 
-    def _warn_out_of_order(self, index: int, last: int | None) -> None:
+    def _warn_out_of_order(self, index: int) -> None:
         if self._warned:
             return
         self._warned = True
-        after = "as the first of its epoch" if last is None else f"after batch {last}"
         warnings.warn(
-            f"Batch {index} was requested {after}: batches are being asked for out of order, so kseq's "
+            f"Batch {index} was requested out of order, so kseq's "
             "workers serve them on demand instead of prefetching ahead. model.fit(shuffle=True), the Keras "
             "default, does this. kseq datasets already shuffle samples every epoch from (seed, epoch), so "
             "pass shuffle=False to fit (or evaluate/predict) to restore prefetching; the training data "

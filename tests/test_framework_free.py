@@ -1,6 +1,6 @@
 """The framework-free core: worker processes and `python -m kseq inspect` load no deep-learning framework.
 
-NOTE [ no framework in worker processes ] in kseq/datasets/_pydataset.py says how.
+NOTE [ a Keras class only where Keras is fed ] in kseq/datasets/_pydataset.py says how.
 """
 
 import multiprocessing

@@ -226,7 +226,7 @@ class StatefulSequenceDataset(Dataset):
 
         ``open_time_axis=True`` gives ``None`` timesteps: one model for windows of any length.
         """
-        import keras  # here, not at the top: NOTE [ no framework in worker processes ]
+        import keras  # here, not at the top: NOTE [ a Keras class only where Keras is fed ]
 
         steps = None if open_time_axis else self.timesteps
         common = np.result_type(*[self.source.fields[n][1] for n in self.inputs])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kseq.datasets._pydataset import PyDatasetBase
+from kseq.datasets._pydataset import KerasFacing
 from kseq.errors import StructureError
 from kseq.structure import ModelStructure, check_same_routing
 from kseq.validation import CheckReport, check
@@ -12,7 +12,7 @@ from kseq.validation import CheckReport, check
 __all__ = ["ModelView"]
 
 
-class ModelView(PyDatasetBase):
+class ModelView(KerasFacing):
     """``dataset``'s batches put into ``model``'s structure; the dataset itself stays named.
 
     ``view[i]`` is ``ModelStructure.of(model).adapt(dataset[i])``: a tuple in the
@@ -72,7 +72,6 @@ class ModelView(PyDatasetBase):
                 f"Received {type(dataset).__name__}."
             )
             raise StructureError(msg)
-        super().__init__(max_queue_size=getattr(dataset, "max_queue_size", 10))
         if isinstance(dataset, ModelView):
             dataset.require_model(ModelStructure.of(model))
             dataset = dataset.dataset
@@ -106,6 +105,15 @@ class ModelView(PyDatasetBase):
     @workers.setter
     def workers(self, value: int) -> None:
         _refuse_change("workers", value)
+
+    @property
+    def max_queue_size(self) -> int:
+        """The dataset's."""
+        return int(getattr(self.dataset, "max_queue_size", 10))
+
+    @max_queue_size.setter
+    def max_queue_size(self, value: int) -> None:
+        _refuse_change("max_queue_size", value)
 
     @property
     def use_multiprocessing(self) -> bool:

@@ -26,7 +26,10 @@ def dumps_for_workers(obj: Any, start_method: str) -> bytes:
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:  # pickling raises many types; each becomes one clear error
-        where, why = find_unpicklable(obj, type(obj).__name__) or (type(obj).__name__, f"{type(e).__name__}: {e}")
+        subject = getattr(obj, "dataset", obj)  # a dataset's plan (kseq.datasets._pydataset.Plan): name its part
+        where, why = find_unpicklable(subject, type(subject).__name__) or (
+            type(subject).__name__, f"{type(e).__name__}: {e}"
+        )
         msg = (
             f"Cannot start worker processes with start_method={start_method!r}: the dataset is pickled to reach "
             f"them, and {where} cannot be pickled ({why}). Expected picklable state: paths, numbers, arrays and "

@@ -27,10 +27,10 @@ Each worker also gets, over its socket, the descriptor of a nameless file where
 ``timeout`` seconds is reported with that stack (see :meth:`ProcessPool.overdue`); the
 loader then replaces the pool.
 
-A worker sets ``KSEQ_WORKER_PROCESS=1`` before it unpickles the dataset, and this
-module (like all of ``kseq.workers``) imports no framework: a worker of a dataset
-whose code needs only numpy never loads Keras or its backend (NOTE [ no framework
-in worker processes ] in ``kseq/datasets/_pydataset.py``).
+A worker sets ``KSEQ_WORKER_PROCESS=1``, unpickles the dataset's plan (no Keras class in it),
+and this module (like all of ``kseq.workers``) imports no framework: a worker of a dataset
+whose code needs only numpy never loads Keras or its backend (NOTE [ a Keras class only
+where Keras is fed ] in ``kseq/datasets/_pydataset.py``).
 
 On glibc, a worker fixes malloc's thresholds at start: see NOTE [ malloc
 thresholds ] in ``malloc.py``. Only kseq's own worker processes are tuned, never
@@ -397,8 +397,8 @@ def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -
         faulthandler.register(_STACK_SIGNAL, file=_receive_fd(sock), all_threads=True)
     except (EOFError, OSError):
         return  # the main process went away
-    # Before the dataset is unpickled: kseq's dataset classes then need no framework here.
-    # NOTE [ no framework in worker processes ] in kseq/datasets/_pydataset.py
+    # Marks a kseq worker for user code that wants to know; the plan it unpickles holds no Keras class
+    # (NOTE [ a Keras class only where Keras is fed ] in kseq/datasets/_pydataset.py).
     os.environ[WORKER_ENV] = "1"
     try:
         dataset = pickle.loads(payload) if isinstance(payload, bytes) else payload

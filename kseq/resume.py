@@ -15,23 +15,29 @@ newest complete backup and, when it was taken inside an epoch, trains that epoch
 itself with ``model.train_on_batch``, in order, each the dataset's ``get_batch(index, epoch)`` put
 in the view's structure when ``dataset`` is a :class:`~kseq.datasets.view.ModelView` (so a
 ``StatefulSequenceDataset``, which serves ``ds[i]`` only in order from 0, resumes mid-stream). Before
-each of those batches it calls ``on_train_batch_begin`` of the :class:`~kseq.callbacks.ResetStates`
-callbacks of the same ``fit``, so a stateful model's rows are reset exactly where they would have
-been. Then it sets ``model._initial_epoch`` (as Keras's callback does) so that ``fit`` continues at
-the next epoch. Variables are the source of truth in ``on_train_begin`` on every backend, so the
+each of those batches, for a dataset with ``starts(batch)`` (a stateful one), it zeroes the rows of the
+model's stateful layers where a new sequence starts, as :class:`~kseq.callbacks.ResetStates` does in
+``fit``, so a stateful model's rows are reset exactly where they would have been. Then it sets the
+epoch ``fit`` starts at (``kseq.keras_compat.set_initial_epoch``, as Keras's own callback does) so that
+``fit`` continues at the next epoch. Variables are the source of truth in ``on_train_begin`` on every backend, so the
 steps run there are the steps ``fit`` would have run (bit-exact on TensorFlow with op determinism).
 ``fit`` reads ``len(dataset)`` once per call, so a shorter first epoch is not an option.
 
-The dataset's epoch follows Keras's: ``on_epoch_begin(e)`` sets it to ``e``. Keras peeks at the
-data before training and ends an epoch after the peek (``reset()`` after its build), which moves a
-dataset to epoch 1 before epoch 0 trains; following Keras's counter makes every epoch of a rerun the
-one the seed defines, whatever the peeks did.
+The dataset counts its own epochs as passes (NOTE [ epochs are passes ]), so ``fit``'s epoch ``e``
+is the dataset's epoch ``e`` with or without this callback; ``on_epoch_begin(e)`` only puts a restored
+dataset at ``e``. A dataset built with ``seed=None`` adopts the backup's seed when it is restored.
+
+Keras hands a callback neither ``fit``'s arguments nor the other callbacks, and kseq does not read them
+from the call stack. ``fit(shuffle=True)`` (Keras's default) is seen by the dataset itself: its requests
+leave batch order (``Position.in_order``), and the first training batch that shows it raises, before
+any backup of a step that named no batch is written.
 
 Not resumed: validation inside an interrupted epoch (the resumed epoch skips it; the next ones run
 it), and other callbacks' per-batch hooks for the resumed batches (a per-batch learning-rate
 schedule would not see them). ``fit(class_weight=...)`` is not visible to a callback: the resumed
-batches train without it. A :class:`~kseq.legacy.GeneratorDataset` cannot rewind its generator and
-is refused.
+batches train without it; pass class weights to a kseq dataset (``MultiInputDataset(class_weight=...)``),
+which puts them in every batch, replayed ones included. A :class:`~kseq.legacy.GeneratorDataset` cannot
+rewind its generator and is refused.
 
 # NOTE [ atomic backups ]
 A backup is a directory ``backup-NNNNNN`` in ``backup_dir``, written whole under a temporary name
@@ -52,7 +58,6 @@ attempt. A readable backup of another model or dataset is an error, not damage: 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import shutil
@@ -64,9 +69,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from kseq.callbacks import ResetStates
 from kseq.datasets import Dataset, ModelView
 from kseq.errors import KseqError
+from kseq.keras_compat import set_initial_epoch
 from kseq.states import StatefulLayers
 from kseq.validators import integer
 
@@ -163,7 +168,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._since_save = 0
         self._number = 0
         self._extra: tuple[Any, ...] = ()
-        self._resetters: tuple[ResetStates, ...] = ()
+        self._stateful: StatefulLayers | None = None
 
     # -- Keras hooks --------------------------------------------------------------
 
@@ -171,9 +176,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         _check_steps((self.params or {}).get("steps"), self.dataset)
         model = self.model
         self._extra = _extra_variables(model)
-        siblings, shuffle = _fit_call(self)
-        _check_shuffle(shuffle)
-        self._resetters = tuple(cb for cb in siblings if isinstance(cb, ResetStates))
+        self._stateful = StatefulLayers(model) if hasattr(self.dataset, "starts") else None
         self.dataset.get_state()  # the fingerprint is computed once, here, not in a timed save
         self.restored, self._since_save = None, 0
         root = Path(self.backup_dir)
@@ -188,7 +191,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if batch > 0 and epoch < (self.params or {}).get("epochs", epoch + 1):  # not beyond fit(epochs=...)
             self._finish_epoch(epoch, batch)
             epoch += 1
-        model._initial_epoch = epoch
+        set_initial_epoch(model, epoch)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
         self._epoch, self._last_batch = epoch, -1
@@ -204,7 +207,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs: dict | None = None) -> None:  # noqa: ARG002 - Keras signature
-        self.model._initial_epoch = None  # a later fit of this model starts where it is told to
+        set_initial_epoch(self.model, None)  # a later fit of this model starts where it is told to
         if self.delete_checkpoint:
             root = Path(self.backup_dir)
             for path in [*_backups(root), *root.glob(f"{_PARTIAL}*")]:
@@ -248,8 +251,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         model = self.model
         self._epoch, self._last_batch = epoch, start - 1
         for index in range(start, len(self.dataset)):
-            for resetter in self._resetters:
-                resetter.on_train_batch_begin(index)
+            if self._stateful:  # what ResetStates does before batch `index` in fit
+                self._stateful.reset_rows(self.dataset.starts(index))
             model.train_on_batch(*self._batch(index, epoch))
             self._after_batch(index)
         self.on_epoch_end(epoch)
@@ -265,6 +268,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     # -- saving -----------------------------------------------------------------
 
     def _after_batch(self, batch: int) -> None:
+        _check_in_order(self.dataset)
         added = batch - self._last_batch
         self._last_batch = batch
         if self.save_freq == "epoch":
@@ -357,39 +361,16 @@ def _extra_variables(model: Any) -> tuple[Any, ...]:
     return tuple(found.values())
 
 
-def _fit_call(callback: Any) -> tuple[list[Any], Any]:
-    """The callbacks of the ``fit`` whose ``on_train_begin`` calls ``callback``, and its ``shuffle`` argument.
-
-    Keras hands a callback neither its siblings nor ``fit``'s arguments. ``fit`` calls
-    ``CallbackList.on_train_begin``, which calls ours: the list is the caller's ``self``, and the
-    frame above it, whose local ``callbacks`` is that list, is ``fit`` itself. ``([], None)`` when
-    ``on_train_begin`` is called some other way.
-    """
-    frame = inspect.currentframe()
-    found: object = None
-    siblings: list[Any] = []
-    for _ in range(12):
-        if frame is None:
-            break
-        local = frame.f_locals
-        if found is None:
-            owner = local.get("self")
-            if isinstance(owner, keras.callbacks.CallbackList) and any(cb is callback for cb in owner.callbacks):
-                found, siblings = owner, list(owner.callbacks)
-        elif local.get("callbacks") is found:
-            return siblings, local.get("shuffle")
-        frame = frame.f_back
-    return siblings, None
-
-
-def _check_shuffle(shuffle: Any) -> None:
-    if not shuffle:
+def _check_in_order(dataset: Any) -> None:
+    named = dataset.dataset if isinstance(dataset, ModelView) else dataset
+    tracker = getattr(named, "tracker", None)
+    if tracker is None or tracker.in_order:
         return
     msg = (
-        "kseq.BackupAndRestore needs fit(shuffle=False). Received fit(shuffle=True), Keras's default, which asks "
-        "for a PyDataset's batches in an order drawn from Python's global random: Keras's batch counter then "
-        "names no batch of the dataset, and a rerun draws another order. kseq datasets shuffle their samples "
-        "every epoch from (seed, epoch) themselves: pass shuffle=False to fit."
+        "kseq.BackupAndRestore needs fit(shuffle=False). Received batches in a shuffled order: fit(shuffle=True), "
+        "Keras's default, asks for a PyDataset's batches in an order drawn from Python's global random, so "
+        "Keras's batch counter names no batch of the dataset, and a rerun draws another order. kseq datasets "
+        "shuffle their samples every epoch from (seed, epoch) themselves: pass shuffle=False to fit."
     )
     raise KseqError(msg)
 

@@ -239,10 +239,11 @@ class TestFit:
         assert losses["loss"] == pytest.approx(losses["reg_loss"] + losses["cls_loss"], rel=1e-5)
 
     @pytest.mark.portable
-    def test_the_dataset_is_at_epoch_one_throughout_the_first_trained_epoch(self, two_inputs):
-        """README: fit calls on_epoch_end once before training (after reading batches for its signature or
-        build pass, at epoch 0), so a fresh dataset's epoch is 1 while Keras trains epoch 0, and every batch
-        trained in Keras's epoch e comes from kseq's epoch e + 1, each batch once."""
+    @pytest.mark.parametrize("mode", [{}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+                             ids=["inline", "threads", "processes"])
+    def test_fit_s_epoch_e_trains_the_dataset_s_epoch_e(self, two_inputs, mode):
+        """Keras peeks and ends an epoch before training (NOTE [ Keras's peeks ]); the dataset counts passes, so
+        every batch of fit's epoch e is the dataset's (e, i), each once, and after fit(epochs=2) ds.epoch is 2."""
         reads = []
 
         class Recording(MultiInputDataset):
@@ -259,26 +260,46 @@ class TestFit:
                 during[keras_epoch[0]].add(ds.epoch)
 
         keras_epoch, at_begin, during = [None], [], {0: set(), 1: set()}
-        ds = Recording(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0)
+        ds = Recording(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0, **mode)
         model = concat_model()
         model = keras.Model(model.inputs, keras.layers.Dense(1)(model.output))
         model.compile("sgd", "mse")
-        model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[Epochs()])
-        assert at_begin == [1, 2]
-        assert during == {0: {1}, 1: {2}}
-        before_training = [position for e, position in reads if e is None]
-        assert before_training
-        assert {epoch for epoch, _ in before_training} == {0}
-        for keras_e in (0, 1):
-            trained = sorted(position for e, position in reads if e == keras_e)
-            assert trained == [(keras_e + 1, i) for i in range(len(ds))]
+        with ds:
+            model.fit(ds, epochs=2, verbose=0, shuffle=False, callbacks=[Epochs()])
+        assert at_begin == [0, 1]
+        assert during == {0: {0}, 1: {1}}
+        assert ds.epoch == 2
+        if not mode:  # inline, the reads are in order: Keras's epoch e read the dataset's epoch e, each batch once
+            for keras_e in (0, 1):
+                trained = sorted(position for e, position in reads if e == keras_e)
+                assert trained == [(keras_e, i) for i in range(len(ds))]
+
+    def test_a_second_fit_trains_the_epochs_it_is_given(self, two_inputs):
+        """fit(epochs=2) then fit(initial_epoch=2, epochs=4): the second call trains the dataset's epochs 2 and 3."""
+        ds = MultiInputDataset(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0)
+        val = MultiInputDataset(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=5)
+        model = concat_model()
+        model = keras.Model(model.inputs, keras.layers.Dense(1)(model.output))
+        model.compile("sgd", "mse")
+        seen = []
+
+        class Epochs(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append((epoch, ds.epoch))
+
+        model.fit(ds, epochs=2, verbose=0, shuffle=False, validation_data=val, callbacks=[Epochs()])
+        assert ds.epoch == 2
+        model.fit(ds, initial_epoch=2, epochs=4, verbose=0, shuffle=False, validation_data=val, callbacks=[Epochs()])
+        assert ds.epoch == 4
+        # on_epoch_end(e) is called once the pass is complete; the dataset is then at e + 1, never further
+        assert seen == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
     def test_epochs_during_fit_see_different_orders(self, two_inputs):
-        seen = []
+        seen = {}
 
         class Recording(MultiInputDataset):
             def read_rows(self, indices):
-                seen.append((self.epoch, indices.copy()))
+                seen[self.batch_position()] = indices.copy()  # a peek's batch and its later read are one batch
                 return super().read_rows(indices)
 
         ds = Recording(two_inputs, inputs=["a", "b"], targets="y", batch_size=32, seed=0)
@@ -287,7 +308,7 @@ class TestFit:
         model.compile("sgd", "mse")
         model.fit(ds, epochs=3, verbose=0)
         by_epoch = {}
-        for epoch, idx in seen:
+        for (epoch, _), idx in sorted(seen.items()):
             by_epoch.setdefault(epoch, []).append(idx)
         trained = [e for e, parts in by_epoch.items() if len(parts) == len(ds)]
         assert len(trained) >= 3

@@ -23,10 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kseq.datasets._pydataset import PyDatasetBase
+from kseq.datasets._pydataset import KerasFacing, Plan
 from kseq.datasets.state import check_state, fingerprint, state_dict
 from kseq.datasets.view import ModelView
-from kseq.errors import StructureError
+from kseq.errors import KseqError, StructureError
+from kseq.keras_compat import check_keras_sharding
+from kseq.position import Position
 from kseq.samplers import (
     BlockShuffleSampler,
     Sampler,
@@ -48,12 +50,13 @@ from kseq.workers.malloc import keep_tuned
 __all__ = ["Dataset"]
 
 
-class Dataset(PyDatasetBase):
+class Dataset(KerasFacing):
     """A PyDataset that reads rows from a Source in the order a Sampler gives.
 
     Batch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``: the same on
-    any worker, in any order. The epoch counter advances in ``on_epoch_end``, which
-    ``model.fit`` calls after every epoch.
+    any worker, in any order. ``model.fit``'s epoch ``e`` trains the dataset's epoch ``e``:
+    an epoch is a pass over the batches, counted by :class:`~kseq.position.Position`
+    (NOTE [ epochs are passes ]), so Keras's peeks before training move nothing.
 
     Subclasses override :meth:`build_batch`, which turns the rows of one batch
     (``{field: array}``) into ``(x, y)`` or ``(x, y, sample_weight)``. The default
@@ -70,7 +73,8 @@ class Dataset(PyDatasetBase):
         shuffle: ``True``: draw a new sample order every epoch from ``(seed, epoch)``;
             ``"block"``: :class:`~kseq.samplers.BlockShuffleSampler` over the source's chunks
             (compressed HDF5: each chunk is read about once per epoch); ``False``: in order.
-        seed: the seed; ``None`` draws one at construction, exposed as ``ds.seed``.
+        seed: the seed; ``None`` draws one at construction, exposed as ``ds.seed`` (and
+            ``ds.seed_drawn`` is true: :meth:`set_state` then adopts the seed of the state it restores).
         drop_remainder: leave out the last partial batch of each epoch.
         workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``, but
             served by kseq's own persistent pool (see below); Keras sees an inline dataset.
@@ -120,7 +124,6 @@ class Dataset(PyDatasetBase):
         shard: Shard | tuple[int, int] | Literal["auto"] | None = None,
     ) -> None:
         # Keras iterates inline and never starts its own pool; kseq runs its own (NOTE in kseq/workers/loader.py).
-        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.worker_config = WorkerConfig(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
             start_method=start_method, timeout=timeout,
@@ -130,14 +133,13 @@ class Dataset(PyDatasetBase):
         self.batch_size = check_batch_size(batch_size)
         self.shuffle = _check_shuffle(shuffle)
         self.seed = draw_seed() if seed is None else check_seed(seed, "seed")
+        self.seed_drawn = seed is None
         self.drop_remainder = bool(drop_remainder)
         self.shard = resolve_shard(shard)
         self.shard.check_batch_size(self.batch_size)
-        self.epoch = 0
-        self.position = 0  # the next batch of this epoch: one past the last served (NOTE [ dataset state ])
         self._fingerprint: dict[str, Any] | None = None
-        self._served: set[int] = set()  # batch indices served by __getitem__ this epoch
-        self._warned_partial = False
+        self._position: Position | None = None  # the one position tracker, made with the sampler
+        self._start_epoch = 0
         self._sampler: Sampler | None = None
         self.build_own_sampler(Dataset)
 
@@ -203,23 +205,63 @@ class Dataset(PyDatasetBase):
 
     def __getitem__(self, index: int) -> tuple:
         keep_tuned()  # TF's fit resets a threshold a user's tune_malloc() set (NOTE [ malloc thresholds ])
+        index = batch_index(index, len(self))
+        tracker = self.tracker
+        if tracker.last is None:  # the first batch of a pass: is Keras sharding this dataset too?
+            check_keras_sharding(self)
+        epoch = tracker.request(index)
         if self._loader is None:
-            batch = self.get_batch(index)
+            batch = self.get_batch(index, epoch)  # public: a subclass may override it
         else:
-            batch = self._loader.get(self, self.epoch, batch_index(index, len(self)), len(self))
-        self._served.add(int(index))
-        self.position = int(index) + 1
+            batch = self._loader.get(self.plan, epoch, index, len(self), tracker)
         # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
         return batch if (structure := getattr(self, "_structure", None)) is None else structure.adapt(batch)
 
     def on_epoch_end(self) -> None:
-        """Advance the epoch (``model.fit`` calls this after each of its epochs); see NOTE [ partial epochs ]."""
-        self._warn_partial_epoch()
-        self._served = set()
-        self.epoch += 1
-        self.position = 0
-        if self._loader is not None:
-            self._loader.set_epoch(self.epoch)
+        """End a pass: the epoch advances once every batch was served (NOTE [ epochs are passes ])."""
+        tracker = self.tracker
+        before = tracker.epoch
+        tracker.end_epoch()
+        if self._loader is not None and tracker.epoch != before:
+            self._loader.set_epoch(tracker.epoch)
+
+    @property
+    def tracker(self) -> Position:
+        """This dataset's :class:`~kseq.position.Position`: its epoch and the pass in progress."""
+        if self._position is None:
+            self._position = Position(len(self), self._start_epoch)
+        return self._position
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the pass in progress (or of the next batch, between passes)."""
+        return self.tracker.epoch if self._position is not None else self._start_epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.set_epoch(value)
+
+    @property
+    def position(self) -> int:
+        """The next batch of this pass: one past the last served (NOTE [ dataset state ])."""
+        return self.tracker.next if self._position is not None else 0
+
+    @property
+    def plan(self) -> Plan:
+        """What this dataset's workers receive: its batches without Keras (NOTE [ a Keras class only where ...])."""
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = self.__dict__["_plan"] = Plan(self)
+        return plan
+
+    @property
+    def max_queue_size(self) -> int:
+        """Batches kseq's pool keeps in flight or ready (what Keras reads; it starts no pool of its own)."""
+        return self.worker_config.max_queue_size
+
+    @max_queue_size.setter
+    def max_queue_size(self, value: int) -> None:
+        _refuse_pool_change("max_queue_size", value)
 
     @property
     def workers(self) -> int:
@@ -248,8 +290,9 @@ class Dataset(PyDatasetBase):
         (all of them without a shard). A shard's batches carry sample weights, and a short
         shard of the last global batch is padded (NOTE [ shards of a global batch ]).
         """
-        epoch = self.epoch if epoch is None else int(epoch)
-        index = batch_index(index, len(self))
+        return self._batch(batch_index(index, len(self)), self.epoch if epoch is None else int(epoch))
+
+    def _batch(self, index: int, epoch: int) -> tuple:
         global_rows = self.sampler.indices(epoch, index)
         rows = self.shard.take(global_rows, self.batch_size)
         with batch_context(epoch, index, self):  # NOTE [ global random generators in a batch ]
@@ -284,14 +327,35 @@ class Dataset(PyDatasetBase):
         return state_dict(self, self.epoch, self.position, self._fingerprint, self.shard)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Put this dataset at ``state``'s epoch and batch; a state of another dataset raises :class:`KseqError`."""
+        """Put this dataset at ``state``'s epoch and batch; a state of another dataset raises :class:`KseqError`.
+
+        A dataset built with ``seed=None`` (its seed drawn, ``seed_drawn``) adopts the state's seed when
+        nothing else differs: resuming a run nobody gave a seed is what restoring it means. A seed the user
+        chose is never replaced: the error names the saved seed to pass.
+        """
+        saved = state.get("seed") if isinstance(state, dict) else None
+        adopt = saved if self.seed_drawn and isinstance(saved, int) and saved != self.seed else None
+        drawn = self.seed
+        if adopt is not None:
+            self._use_seed(adopt)
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self)
-        epoch, batch = check_state(state, self, self._fingerprint)
-        self.set_epoch(epoch)
-        self.position = batch
+        try:
+            epoch, batch = check_state(state, self, self._fingerprint)
+        except KseqError:
+            if adopt is not None:
+                self._use_seed(drawn)
+            raise
+        self.seed_drawn = self.seed_drawn and adopt is None
+        self.tracker.set(epoch, batch)
         if self._loader is not None:
             self._loader.resume_at(epoch, batch)  # batch `batch` comes next, in order: prefetch from there
+
+    def _use_seed(self, seed: int) -> None:
+        """Rebuild the order from ``seed`` (a drawn seed replaced by a restored one)."""
+        self.close()  # workers hold the old order
+        self.seed, self._sampler, self._fingerprint, self._position = int(seed), None, None, None
+        self.__dict__.pop("_plan", None)
 
     def batch_position(self) -> tuple[int, int]:
         """``(epoch, index)`` of the batch being built, inside :meth:`read_rows` or :meth:`build_batch`.
@@ -332,36 +396,13 @@ class Dataset(PyDatasetBase):
         return batch_rng(self.seed, epoch, index)
 
     def set_epoch(self, epoch: int) -> None:
-        """Jump to ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""
-        self.epoch = int(epoch)
-        self._served = set()
-        self.position = 0
+        """Jump to the start of ``epoch`` (to resume a run: the order of every later epoch is reproduced)."""
+        if self._position is None:
+            self._start_epoch = int(epoch)
+        else:
+            self.tracker.set(int(epoch), 0)
         if self._loader is not None:
-            self._loader.set_epoch(self.epoch)
-
-    def _warn_partial_epoch(self) -> None:
-        # NOTE [ partial epochs ]
-        # fit(steps_per_epoch=k) with k != len(ds) ends Keras epochs that are not the dataset's: Keras
-        # keeps reading the same index stream (0, 1, 2 | 3, 4, 0 | ...) while every on_epoch_end moves
-        # the dataset to a new permutation, so one pass over the indices mixes two epochs' orders and
-        # some samples are seen twice, others not at all. Deferring the epoch change to the end of the
-        # stream would keep coverage, but would also move the epoch at times neither Keras nor a manual
-        # on_epoch_end() call expects, so kseq keeps "one on_epoch_end, one epoch" and warns once.
-        # Keras 3.15 peeks before training and then ends an epoch: on TF it reads batches 0 and 1 for
-        # its signature, on PyTorch one batch (at a shuffled index) for the symbolic build. An end after
-        # {0, 1} or a single batch is taken for such a peek and not warned about (a genuine
-        # fit(steps_per_epoch=1) is not warned about either).
-        peek = len(self._served) == 1 or self._served == {0, 1}
-        if self._warned_partial or not self._served or peek or len(self._served) >= len(self):
-            return
-        self._warned_partial = True
-        warnings.warn(
-            f"{type(self).__name__}: an epoch ended after {len(self._served)} of its {len(self)} batches "
-            "(fit(steps_per_epoch=...) other than len(dataset)?). Each on_epoch_end draws a new order, so "
-            "this pass over the data mixes two epochs' orders and does not cover every sample once. "
-            "For per-epoch coverage pass steps_per_epoch=None or steps_per_epoch=len(dataset).",
-            stacklevel=3,
-        )
+            self._loader.set_epoch(int(epoch))
 
     def close(self) -> None:
         """Stop this dataset's worker pool and remove its shared memory (a later batch starts a new pool)."""

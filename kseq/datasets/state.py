@@ -72,7 +72,10 @@ def check_state(state: Any, dataset: Any, expected: dict[str, Any]) -> tuple[int
         raise KseqError(msg)
     differences = _differences(state["fingerprint"], expected)
     if state["seed"] != dataset.seed:
-        differences.insert(0, f"seed: {state['seed']} in the state, {dataset.seed} here")
+        differences.insert(
+            0,
+            f"seed: {state['seed']} in the state, {dataset.seed} here (to resume that run, pass seed={state['seed']})",
+        )
     if differences:
         msg = (
             f"This state is from another dataset than this {name}, so its position means other batches: "

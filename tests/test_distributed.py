@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed"),
+              pytest.mark.distributed]
 
 
 def free_port() -> int:
@@ -25,9 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(ids, port, tmp_path, timeout=240):
+def run_processes(ids, port, tmp_path, *mode, timeout=240):
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(port), str(tmp_path / f"p{i}.npz")],
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), str(port), str(tmp_path / f"p{i}.npz"), *mode],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in ids]
     try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -54,3 +55,17 @@ def test_two_jax_processes_train_one_sharded_dataset_like_one_process(tmp_path):
     for key in ("kernel", "bias"):
         np.testing.assert_array_equal(both[0][key], both[1][key])
         np.testing.assert_allclose(both[0][key], single[key], rtol=1e-5, atol=1e-6)
+
+
+def test_keras_s_own_sharding_of_a_kseq_dataset_is_refused_before_the_first_step(tmp_path):
+    """Keras 3.16 (PR #23044) shards a PyDataset itself under auto_shard_dataset=True, the default; kseq refuses
+    that double sharding before any step, naming the setting and the fix. Keras 3.15 refuses a PyDataset there
+    itself, with the same setting named. Either way no process trains on a fraction of its rows."""
+    both = run_processes([0, 1], free_port(), tmp_path, "keras-shards")
+    for r in both:
+        error = str(r["error"])
+        assert "auto_shard_dataset = False" in error, error
+        assert r["steps"].tolist() == []  # refused before the first epoch ended
+        if tuple(int(p) for p in str(r["version"]).split(".")[:2]) >= (3, 16):
+            assert error.startswith("KseqError"), error
+            assert "shard='auto'" in error, error

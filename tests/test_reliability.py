@@ -256,6 +256,53 @@ def test_a_full_shared_memory_directory_slows_down_but_never_fails(tmp_path, sta
     assert "KSEQ_SHM_DIR" in message
 
 
+_FILE_SIZE_LIMIT = """
+import json, resource, sys, warnings
+# Every file this process and its workers write may grow to 512 KiB at most: an unprivileged limit that fork,
+# spawn and forkserver workers inherit. A 1 MiB slot then cannot grow (EFBIG; Python ignores SIGXFSZ), as when
+# the directory is full. numpy and kseq only, so that the workers start fast.
+resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+import numpy as np
+from kseq.datasets import Dataset
+
+class Big(Dataset):
+    def build_batch(self, rows):
+        return (np.repeat(rows["x"][:, None], 32768, axis=1).astype("float32"),)
+
+if __name__ == "__main__":
+    kwargs = {"workers": 2, "use_multiprocessing": True, "start_method": sys.argv[1], "max_queue_size": 4}
+    inline = Big({"x": np.arange(80.0)}, batch_size=8, seed=3)
+    with Big({"x": np.arange(80.0)}, batch_size=8, seed=3, **kwargs) as ds, \\
+            warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        held = [ds[i] for i in range(len(ds))]
+        same = all(np.array_equal(b[0], inline.get_batch(i)[0]) for i, b in enumerate(held))
+        messages = [str(w.message) for w in record if "shared memory" in str(w.message)]
+    print(json.dumps({"same": same, "batches": len(held), "messages": messages}))
+"""
+
+
+def test_a_slot_that_cannot_grow_sends_its_batch_through_the_pipe(tmp_path):
+    """No privilege needed: a file-size limit (RLIMIT_FSIZE) below the 1 MiB batches makes every slot's growth
+    fail for real in the worker (EFBIG, one of the errors of a full directory). Every batch of the epoch still
+    arrives right, through the pipe, with the one warning that says so and how to restore speed. One start
+    method: the fallback is the worker's own code under each, and a spawn run costs three Keras imports."""
+    script = _script(tmp_path, "limited.py", _FILE_SIZE_LIMIT)
+    small = tmp_path / "shm"
+    small.mkdir()
+    out = subprocess.run([sys.executable, str(script), "fork"], env=_env(KSEQ_SHM_DIR=str(small)),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["same"] is True
+    assert report["batches"] == 10
+    (message,) = report["messages"]
+    assert f"Cannot grow a shared-memory slot from 0.0 to 1.0 MiB in {small}" in message
+    assert "File too large" in message
+    assert "travel pickled through the worker pipes" in message
+    assert "KSEQ_SHM_DIR" in message
+
+
 class TestShmDirectory:
     def test_kseq_shm_dir_holds_the_slots(self, tmp_path, monkeypatch):
         monkeypatch.setenv("KSEQ_SHM_DIR", str(tmp_path))

@@ -454,10 +454,28 @@ class TestGlobalGenerators:
         assert "use_multiprocessing=True" in messages[0]
 
     def test_threads_drawing_from_batch_rng_do_not_warn(self):
+        """An epoch in threads drawing from batch_rng(): no warning, the global generator untouched, the inline
+        batches; the check is armed all along (the same dataset, once it draws from np.random, warns)."""
         class Augmented(Dataset):
-            def build_batch(self, rows):
-                return (rows["x"] + self.batch_rng().random(len(rows["x"])),)
+            legacy = False
 
-        with Augmented({"x": np.zeros(40)}, batch_size=8, workers=2) as ds, warnings.catch_warnings():
-            warnings.simplefilter("error")
-            [ds[i] for i in range(len(ds))]
+            def build_batch(self, rows):
+                extra = np.random.random(len(rows["x"])) if self.legacy else 0.0
+                return (rows["x"] + self.batch_rng().random(len(rows["x"])) + extra,)
+
+        inline = Augmented({"x": np.zeros(40)}, batch_size=8, seed=2)
+        with Augmented({"x": np.zeros(40)}, batch_size=8, seed=2, workers=2) as ds, \
+                warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            before = np.random.get_state()[1].copy()
+            batches = [ds[i] for i in range(len(ds))]
+            assert [str(w.message) for w in record] == []
+            np.testing.assert_array_equal(np.random.get_state()[1], before)
+            for i, batch in enumerate(batches):
+                np.testing.assert_array_equal(batch[0], inline.get_batch(i)[0])
+            ds.on_epoch_end()
+            Augmented.legacy = True
+            for _ in range(2):  # the first of them may have been prefetched before
+                [ds[i] for i in range(len(ds))]
+                ds.on_epoch_end()
+        assert len([w for w in record if "global np.random generator moved" in str(w.message)]) == 1

@@ -18,7 +18,7 @@ import numpy as np
 
 from kseq._renames import renamed
 from kseq.errors import StructureError
-from kseq.validators import integer
+from kseq.validators import integer, non_negative_number
 
 __all__ = [
     "ClassWeights",
@@ -83,12 +83,13 @@ class ClassWeights:
         if not isinstance(mapping, Mapping) or not mapping:
             msg = f"{name} must be a non-empty mapping {{class_id: weight}}. Received {mapping!r:.80}."
             raise StructureError(msg)
+        fix = "A class weight multiplies the loss of that class's samples: a finite number >= 0 (1.0 leaves it as is)."
         try:
             keys = np.array([int(k) for k in mapping], dtype=np.int64)
-            values = np.array([float(v) for v in mapping.values()], dtype=np.float32)
         except (TypeError, ValueError) as e:
             msg = f"{name} must map integer class ids to numbers. Received {dict(mapping)!r:.120}."
             raise StructureError(msg) from e
+        values = np.array([non_negative_number(v, f"{name}[{k!r}]", fix=fix) for k, v in mapping.items()], np.float32)
         order = np.argsort(keys)
         self.name = name
         self._keys = keys[order]

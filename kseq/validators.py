@@ -39,6 +39,7 @@ __all__ = [
     "is_integer",
     "known_fields",
     "name",
+    "non_negative_number",
     "one_of",
     "positive_number",
     "seed",
@@ -133,6 +134,22 @@ def positive_number(value: object, argument: str, *, fix: str = "") -> float:
     """
     if not _is_real(value) or not math.isfinite(float(value)) or not float(value) > 0:  # type: ignore[arg-type]
         _refuse(argument, "a number > 0", value, fix)
+    return float(value)  # type: ignore[arg-type]
+
+
+def non_negative_number(value: object, argument: str, *, fix: str = "") -> float:
+    """A finite real number ``>= 0`` (an integer or a float, not a bool), as a ``float``.
+
+    Example:
+        >>> non_negative_number(0, "class_weight[0]")
+        0.0
+        >>> non_negative_number(float("nan"), "class_weight[0]")
+        Traceback (most recent call last):
+        ...
+        kseq.errors.StructureError: class_weight[0] must be a finite number >= 0. Received class_weight[0]=nan.
+    """
+    if not _is_real(value) or not math.isfinite(float(value)) or not float(value) >= 0:  # type: ignore[arg-type]
+        _refuse(argument, "a finite number >= 0", value, fix)
     return float(value)  # type: ignore[arg-type]
 
 

@@ -1,10 +1,12 @@
-"""Datasets for tests/test_framework_free.py, in a module that imports numpy and kseq only.
+"""Datasets for worker-process tests (test_framework_free, test_reliability): a module of numpy and kseq only.
 
 A worker process that unpickles one of these imports this module: whatever it imports
 is loaded there. Keep Keras and every backend out of it.
 """
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +33,16 @@ def _peak_rss_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class BusyAfterThree(Dataset):
+    """1 MiB float32 batches (every value its row); from batch 3 on, a worker announces itself and then works
+    for 10 minutes: a worker caught there can only end by its watchdog (tests/test_reliability.py, SIGKILL)."""
+
+    announce_dir = ""
+
+    def build_batch(self, rows):
+        if rows["x"][0] >= 3 * len(rows["x"]):
+            (Path(self.announce_dir) / str(os.getpid())).touch()
+            time.sleep(600)
+        return (np.repeat(rows["x"][:, None], 32768, axis=1).astype("float32"),)

@@ -9,7 +9,9 @@ illustrations that are not); docs/migration.md is run by tests/test_legacy.py::t
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import kseq
@@ -106,15 +109,43 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.MULTILINE | re.DOTALL)
 
 
+def shown_outputs(block: str) -> list[str]:
+    """The outputs a block shows beside its prints: ``print(x)  # (256, 64) (256,)``, not ``# names the file``.
+
+    A comment is a shown output when it starts like a printed value: a bracket, a quote, a digit, a sign, or a
+    numpy dtype name (``float32 (32,)``); prose comments start with a word.
+    """
+    shown = []
+    for line in block.splitlines():
+        match = re.match(r"\s*print\(.*\)\s+#\s*(\S.*)$", line)
+        if match is None:
+            continue
+        first = match.group(1).split()[0]
+        dtype_name = first.isalnum() and first in np.sctypeDict and np.dtype(first).name == first
+        if first[0] in "[({'\"-" or first[0].isdigit() or dtype_name:
+            shown.append(match.group(1).strip())
+    return shown
+
+
 @pytest.mark.parametrize("page", GUIDES, ids=[p.stem for p in GUIDES])
 def test_guide_code_runs(page, tmp_path, monkeypatch):
-    """Every ``python`` block of a guide runs, in order, in one namespace, in an empty working folder."""
+    """Every ``python`` block of a guide runs, in order, in one namespace, in an empty working folder; each
+    output a guide shows beside a ``print`` is what it prints, and each guide checks what it claims (an
+    ``assert`` or a shown output)."""
     blocks = python_blocks(page)
     assert blocks, f"{page.name} has no runnable example"
+    shown = [out for block in blocks for out in shown_outputs(block)]
+    asserts = sum(len(re.findall(r"^\s*assert ", block, flags=re.MULTILINE)) for block in blocks)
+    assert shown or asserts, f"{page.name} runs code but checks nothing it says"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs_{page.stem}"}
-    for block in blocks:
-        exec(compile(block, str(page), "exec"), namespace)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for block in blocks:
+            exec(compile(block, str(page), "exec"), namespace)
+    lines = [line.strip() for line in printed.getvalue().splitlines()]
+    for out in shown:
+        assert out in lines, f"{page.name} shows `{out}`; the code printed {lines}"
 
 
 # -- the site in a browser --------------------------------------------------------------------------------

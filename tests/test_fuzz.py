@@ -55,20 +55,36 @@ def _hang(signum, frame):
     raise TimeoutError(f"a call took longer than {HANG_S} s: a hang")
 
 
+class Refused(Exception):
+    """The call refused its arguments the way the oracle asks; ``refusal`` is kseq's error."""
+
+    def __init__(self, refusal):
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
 def check_call(fn, *args, **kwargs):
-    """Run ``fn`` under the oracle (module docstring)."""
+    """Run ``fn`` under the oracle (module docstring); the result, or None when it refused."""
+    try:
+        return call_or_refuse(fn, *args, **kwargs)
+    except Refused:
+        return None
+
+
+def call_or_refuse(fn, *args, **kwargs):
+    """Run ``fn`` under the oracle: the result if it accepted, ``Refused`` if it refused well, else AssertionError."""
     previous = signal.signal(signal.SIGALRM, _hang)
     signal.alarm(HANG_S)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = fn(*args, **kwargs)
-    except SourceError:  # a file that is missing or corrupt: its message names the file, there is no "expected"
-        return None
+    except SourceError as e:  # a file that is missing or corrupt: its message names the file, there is no "expected"
+        raise Refused(e) from e
     except (KseqError, TypeError, IndexError) as e:
         if not WORDY.search(str(e)):
             raise AssertionError(f"{type(e).__name__} without expected/received: {e}") from e
-        return None
+        raise Refused(e) from e
     except TimeoutError:
         raise
     except Exception as e:
@@ -247,4 +263,106 @@ def test_inspect_refuses_junk_files_with_a_kseq_error(content):
 
 
 def test_inspect_of_a_missing_file_is_a_kseq_error():
-    check_call(inspect_file, WORK / "missing.h5")
+    """A missing file is a SourceError that names the file (not a raw OSError, not a report of nothing)."""
+    with pytest.raises(Refused) as refused:
+        call_or_refuse(inspect_file, WORK / "missing.h5")
+    assert isinstance(refused.value.refusal, SourceError)
+    assert "missing.h5" in str(refused.value.refusal)
+
+
+# -- refusal outside each documented domain -------------------------------------------------------------------
+
+
+def _int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _real(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and bool(np.isfinite(value)))
+
+
+def _int_at_least(low, optional=False):
+    return lambda v: (optional and v is None) or (_int(v) and v >= low)
+
+
+def _class_weights(v) -> bool:
+    """{class id: finite weight >= 0}, non-empty (README: class_weight), for the baseline's one target."""
+    return (isinstance(v, dict) and bool(v) and all(_int(k) and k >= 0 for k in v)
+            and all(_real(w) and w >= 0 for w in v.values()))
+
+
+# argument -> what its docstring / the README promise to accept; anything else must be refused at construction.
+DOMAINS = {
+    "batch_size": _int_at_least(1),
+    "seed": _int_at_least(0, optional=True),
+    "workers": _int_at_least(0),
+    "max_queue_size": _int_at_least(1),
+    "timesteps": _int_at_least(1),
+    "block_size": _int_at_least(1),
+    "window": _int_at_least(1),
+    "n": _int_at_least(0),
+    "pairs_per_epoch": _int_at_least(1, optional=True),
+    "triplets_per_epoch": _int_at_least(1, optional=True),
+    "pad_to_multiple": _int_at_least(1),
+    "bucket_window": _int_at_least(1),
+    "max_length": _int_at_least(2, optional=True),
+    "target_offset": _int_at_least(0),
+    "timeout": lambda v: v is None or (_real(v) and v > 0),
+    "positive_fraction": lambda v: _real(v) and 0 <= v <= 1,
+    "captions_per_image": lambda v: v in ("one", "all") if isinstance(v, str) else False,
+    "weighting": lambda v: v is None or (v in ("mean", "mask") if isinstance(v, str) else False),
+    # {} is no class weights, as None is
+    "class_weight": lambda v: v is None or (isinstance(v, dict) and not v) or _class_weights(v),
+}
+DOMAIN_CASES = [
+    ("BlockShuffleSampler", "batch_size"), ("BlockShuffleSampler", "block_size"), ("BlockShuffleSampler", "window"),
+    ("BlockShuffleSampler", "seed"), ("ShuffleSampler", "n"), ("ShuffleSampler", "seed"),
+    ("SequentialSampler", "batch_size"),
+    ("Dataset", "batch_size"), ("Dataset", "seed"), ("Dataset", "workers"), ("Dataset", "max_queue_size"),
+    ("Dataset", "timeout"),
+    ("MultiInputDataset", "batch_size"), ("MultiInputDataset", "class_weight"),
+    ("CaptionDataset", "captions_per_image"), ("CaptionDataset", "weighting"), ("CaptionDataset", "max_length"),
+    ("CaptionDataset", "pad_to_multiple"), ("CaptionDataset", "bucket_window"),
+    ("SiamesePairDataset", "positive_fraction"), ("SiamesePairDataset", "pairs_per_epoch"),
+    ("TripletDataset", "triplets_per_epoch"),
+    ("StatefulSequenceDataset", "timesteps"), ("StatefulSequenceDataset", "target_offset"),
+]
+_BAD_NUMBERS = st.sampled_from([0, -1, 1.5, 2.0, float("nan"), float("inf"), -float("inf"), True, np.bool_(False),
+                                "1", None, np.float64(1.0), -(2**40)])
+# class weights whose keys are the baseline's classes {0, 1} and whose values are anything: nan, negatives, inf ...
+_CLASS_WEIGHTS = st.dictionaries(st.sampled_from([0, 1]), st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([float("nan"), -1.0, -0.5, float("inf"), "1",
+                                                                     None, True])), min_size=2)
+DOMAIN_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@pytest.mark.parametrize(("name", "argument"), DOMAIN_CASES)
+@DOMAIN_SETTINGS
+@given(data=st.data())
+def test_arguments_outside_their_domain_are_refused_at_construction(name, argument, data):
+    """A value outside the documented domain of an argument is refused with expected/received, never kept."""
+    in_domain = DOMAINS[argument]
+    junk = st.one_of(_BAD_NUMBERS, JUNK, _CLASS_WEIGHTS if argument == "class_weight" else st.nothing())
+    value = data.draw(junk.filter(lambda v: not in_domain(v)), label=argument)
+    cls = getattr(kseq, name)
+    args, kwargs = BASELINES[name]()
+    positional = list(inspect.signature(cls).parameters)[: len(args)]
+    if argument in positional:
+        args = (*args[: positional.index(argument)], value, *args[positional.index(argument) + 1 :])
+    else:
+        kwargs[argument] = value
+    with pytest.raises(Refused) as refused:
+        call_or_refuse(cls, *args, **kwargs)  # an accepted call returns (and is closed) here: the test fails
+    assert isinstance(refused.value.refusal, (KseqError, TypeError)), refused.value.refusal
+
+
+@pytest.mark.parametrize("weight", [float("nan"), -1.0, float("inf")])
+def test_a_class_weight_that_is_not_a_finite_number_at_least_0_is_refused_with_the_fix(weight):
+    """Found by the fuzz above: class_weight={0: nan, ...} and {0: -1.0, ...} were kept, silently."""
+    args, kwargs = BASELINES["MultiInputDataset"]()
+    refusal = (r"class_weight\['t'\]\[0\] must be a finite number >= 0\. "
+               r"Received class_weight\['t'\]\[0\]=(nan|-1\.0|inf)\. ")
+    with pytest.raises(kseq.StructureError, match=refusal + "A class weight multiplies the loss"):
+        kseq.MultiInputDataset(*args, **kwargs, class_weight={0: weight, 1: 1.0})

@@ -1,6 +1,7 @@
 """shard=: one process's slice of every global batch (NOTE [ shards of a global batch ])."""
 
 import json
+import sys
 
 import h5py
 import keras
@@ -177,7 +178,12 @@ def test_bad_shards_are_refused(shard, match):
 
 def test_auto_is_one_process_without_an_engine_and_refuses_tf_multi_worker(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert resolve_shard("auto") == Shard(0, 1) or resolve_shard("auto").count > 1  # a live jax.distributed
+    # JAX or torch may be imported here, never initialised for several processes (tests/test_distributed.py
+    # starts its own): one process, with the engines as they are and with neither imported.
+    assert resolve_shard("auto") == Shard(0, 1)
+    for engine in ("jax", "torch"):
+        monkeypatch.delitem(sys.modules, engine, raising=False)
+    assert resolve_shard("auto") == Shard(0, 1)
     config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]}, "task": {"type": "worker",
                                                                                             "index": 2}}
     with pytest.raises(StructureError, match=r"MultiWorkerMirroredStrategy.*JAX backend.*shard=\(2, 3\)"):
@@ -185,3 +191,51 @@ def test_auto_is_one_process_without_an_engine_and_refuses_tf_multi_worker(monke
     assert _from_tf_config(json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"index": 0}})) == Shard(0, 1)
     with pytest.raises(StructureError, match="TF_CONFIG is not the JSON"):
         _from_tf_config("{not json")
+
+
+@pytest.mark.parametrize("count", [2, 4])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_every_batch_of_an_epoch_weighs_its_real_rows_b_over_b_prime_and_its_padding_0(count, weighted):
+    """NOTE [ shards of a global batch ]: on every batch of two shuffled epochs, shard p's real rows (its slice
+    of the B' real rows of global batch k) weigh B/B' (times their own sample weight) and its padding 0."""
+    rows = 43  # in batches of 8: five full global batches and one of 3
+    data = {"x": np.arange(rows, dtype="float32")[:, None], "y": np.ones(rows, "float32"),
+            "w": np.linspace(0.5, 2.0, rows).astype("float32")}
+    kwargs = {"inputs": "x", "targets": "y", "batch_size": 8, "seed": 4, **({"sample_weight": "w"} if weighted
+                                                                             else {})}
+    whole = MultiInputDataset(data, **kwargs)
+    shards = [MultiInputDataset(data, **kwargs, shard=(p, count)) for p in range(count)]
+    local = 8 // count
+    short = 0
+    for epoch in range(2):
+        for k in range(len(whole)):
+            x_whole, *_ = whole.get_batch(k, epoch)
+            real = len(x_whole["x"])  # B'
+            short += real < 8
+            for p, shard in enumerate(shards):
+                x, _y, w = shard.get_batch(k, epoch)
+                mine = min(max(real - p * local, 0), local)
+                ids = x_whole["x"][p * local : p * local + mine, 0].astype(int)
+                np.testing.assert_array_equal(x["x"][:mine, 0], ids)
+                own = data["w"][ids] if weighted else np.ones(mine, "float32")
+                np.testing.assert_allclose(w[:mine], own * 8 / real, rtol=1e-6)
+                assert (w[mine:] == 0).all()
+                assert len(w) == local
+    assert short == 2  # the short global batch was among them, once per epoch
+
+
+def test_siamese_positive_fraction_is_exact_on_every_global_batch_of_an_epoch():
+    """Under a shard, the positives of the real rows of every global batch of two epochs are those of the
+    unsharded batch: round(fraction * B') of them, not one shard's rounding per process."""
+    fraction = 0.3
+    whole = make(SiamesePairDataset, positive_fraction=fraction)
+    shards = [make(SiamesePairDataset, shard=(p, 2), positive_fraction=fraction) for p in range(2)]
+    for epoch in range(2):
+        for k in range(len(whole)):
+            _x, y_whole = whole.get_batch(k, epoch)[:2]
+            real = len(y_whole)
+            positives = 0.0
+            for shard in shards:
+                _x, y, w = shard.get_batch(k, epoch)
+                positives += float(y[w > 0].sum())
+            assert positives == float(y_whole.sum()) == np.floor(fraction * real + 0.5), (epoch, k)

@@ -1,3 +1,5 @@
+import multiprocessing
+
 import keras
 import numpy as np
 import pytest
@@ -284,3 +286,47 @@ class TestPlainPyDataset:
         ds = self.Pairs((np.zeros((4, 3), "float32"),) * 3)
         with pytest.raises(StructureError, match=r"The model has 2 inputs \['a', 'b'\], but the batch gives 3 arrays"):
             kseq.check(concat_model(), ds)
+
+
+@pytest.mark.parametrize("call", ["check", "for_model"])
+class TestCheckLeavesTheDatasetWhereItWas:
+    """check() and for_model() read batch 0 by name; the dataset is where it was, for Keras and for get_state()."""
+
+    @staticmethod
+    def run(call, ds):
+        if call == "check":
+            kseq.check(concat_model(), ds, verbose=False)
+        else:
+            ds.for_model(concat_model())
+
+    def test_a_fresh_dataset_stays_at_its_start(self, two_inputs, call):
+        ds = dataset(two_inputs)
+        before = ds.get_state()
+        self.run(call, ds)
+        assert ds.get_state() == before
+        assert (ds.epoch, ds.position) == (0, 0)
+
+    def test_a_dataset_mid_epoch_keeps_its_position_and_the_batches_it_served(self, two_inputs, call):
+        ds = dataset(two_inputs)
+        ds[2], ds[3]  # served, as fit would
+        before = ds.get_state()
+        self.run(call, ds)
+        assert ds.get_state() == before
+        assert (ds.epoch, ds.position) == (0, 4)
+        with pytest.warns(UserWarning, match=f"an epoch ended after 2 of its {len(ds)} batches"):
+            ds.on_epoch_end()  # the served set counts 2 and 3 only: check served nothing
+
+    def test_the_worker_pool_is_neither_started_nor_changed(self, two_inputs, call):
+        ds = dataset(two_inputs, workers=2, use_multiprocessing=True, start_method="fork")
+        with ds:
+            others = {p.pid for p in multiprocessing.active_children()}
+            self.run(call, ds)
+            assert {p.pid for p in multiprocessing.active_children()} == others  # no pool started
+            first = ds[0]
+            workers = {p.pid for p in multiprocessing.active_children()} - others
+            assert len(workers) == 2
+            self.run(call, ds)
+            assert {p.pid for p in multiprocessing.active_children()} - others == workers
+            assert ds.position == 1
+            for got, want in zip((first, ds[1]), (ds.get_batch(0), ds.get_batch(1)), strict=True):
+                np.testing.assert_array_equal(got[0]["a"], want[0]["a"])  # the pool serves in order still

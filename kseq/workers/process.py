@@ -16,11 +16,13 @@ naming it, its exit code or signal, and the batches it held: never a hang.
 Workers ignore SIGINT (Ctrl-C is the main process's to handle: it closes the
 pool) and exit by themselves when their parent goes away: a watchdog thread in each
 worker checks every quarter second that the parent it started under is still its parent
-(under forkserver that is the fork server, which exits with the main process) and that
-the main process still exists, and ends the worker with ``os._exit`` otherwise, even in
-the middle of a batch. With nameless slots (NOTE [ shared-memory slots ] in ``shm.py``)
-a main process killed by SIGKILL leaves nothing behind: the workers are gone within a
-second or so, and their memory with them.
+and that the main process still exists, and ends the worker with ``os._exit`` otherwise,
+even in the middle of a batch. Under fork and spawn either check sees a dead main process;
+under forkserver only the second does: the parent is the fork server, which holds on until
+its last child is gone (each child keeps its "alive" pipe open), so it cannot be waited for.
+With nameless slots (NOTE [ shared-memory slots ] in ``shm.py``) a main process killed by
+SIGKILL leaves nothing behind: the workers are gone within a second or so, and their
+memory with them (tests/test_reliability.py asserts it under each start method).
 
 Each worker also gets, over its socket, the descriptor of a nameless file where
 ``faulthandler`` writes its Python stack on SIGUSR1. A batch that takes longer than

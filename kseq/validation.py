@@ -295,7 +295,64 @@ def _ranks_fit(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool
 # (row counts, steps), so they hold no Keras; :func:`kseq.callbacks.check_stateful_model` gathers them from a
 # model, and :class:`kseq.callbacks.ResetStates` runs them when fit, evaluate or predict starts.
 
-__all__ += ["check_stateful_rows", "check_step_count", "check_steps_per_execution"]
+__all__ += ["check_looped_rnn_rows", "check_stateful_rows", "check_step_count", "check_steps_per_execution"]
+
+
+# NOTE [ a stateful RNN at batch size 1 on TensorFlow ]
+# Keras 3.15 feeds a PyDataset to TensorFlow through a signature whose batch dimension is None
+# (data_adapter_utils.get_tensor_spec), whatever the batches' size. A stateful recurrent layer that runs
+# its steps in a tf.while_loop (unroll=False, the default) carries its state variable, of shape (1, units),
+# into the loop; one step combines it with the input of shape (None, ...), and broadcasting a 1 with None
+# gives None, so TF refuses the loop at the first step: "enters the loop with shape (1, 20), but has shape
+# (None, 20) after one iteration". A state of 2 or more rows broadcasts to itself, which is why only batch
+# size 1 fails. Measured on TF 2.21 / Keras 3.15.1: SimpleRNN, GRU and LSTM, return_sequences or not, fit
+# and evaluate fail, predict works; unroll=True trains; numpy arrays (another adapter) train; JAX trains.
+# kseq refuses it before the first step, where it sees the model with a dataset: ResetStates when fit or
+# evaluate starts, and StatefulSequenceDataset.check / for_model for a compiled model.
+
+
+def check_looped_rnn_rows(rows: Mapping[str, int], backend: str, call: str) -> None:
+    """Refuse ``fit``/``evaluate`` of stateful layers looping over one row (``{name: rows}``) on TensorFlow.
+
+    ``rows`` holds the stateful recurrent layers that run a symbolic loop (not unrolled). See
+    NOTE [ a stateful RNN at batch size 1 on TensorFlow ].
+
+    Example:
+        >>> check_looped_rnn_rows({"lstm": 1}, "jax", "fit")
+        >>> check_looped_rnn_rows({"lstm": 1}, "tensorflow", "fit")
+        Traceback (most recent call last):
+        ...
+        kseq.errors.StructureError: On TensorFlow, Keras 3.15 cannot fit a stateful recurrent layer ...
+    """
+    single = sorted(name for name, n in rows.items() if n == 1)
+    if backend != "tensorflow" or not single:
+        return
+    msg = (
+        f"On TensorFlow, Keras 3.15 cannot {call} a stateful recurrent layer at batch size 1 from a PyDataset: "
+        f"the batch size it feeds is unknown (None), and the layer's loop fails at its first step (\"enters the "
+        f"loop with shape (1, units), but has shape (None, units) after one iteration\"). Received stateful "
+        f"layers {single} holding one row. Expected one of: batch_size >= 2 (more parallel streams; split=True "
+        f"cuts one series into several); unroll=True on these layers (fixed timesteps); or the JAX or PyTorch "
+        f"backend. predict works at batch size 1: train at a larger batch size and copy the weights into a batch "
+        f"size 1 model to forecast. See NOTE [ a stateful RNN at batch size 1 on TensorFlow ] in kseq/validation.py."
+    )
+    raise StructureError(msg)
+
+
+def looped_rnn_rows(layers: Sequence[Any]) -> dict[str, int]:
+    """``{name: rows}`` of the stateful recurrent ``layers`` that loop over their steps (``unroll=False``)."""
+    out = {}
+    for layer in layers:
+        if getattr(layer, "unroll", True) is False and getattr(layer, "stateful", False):
+            states = getattr(layer, "states", None) or []
+            first = states[0] if isinstance(states, (list, tuple)) else states
+            shape = getattr(first, "shape", None)
+            if shape:
+                out[str(layer.name)] = int(shape[0])
+    return out
+
+
+__all__ += ["looped_rnn_rows"]
 
 
 def check_stateful_rows(rows: Mapping[str, int], batch_size: int) -> None:

@@ -199,9 +199,9 @@ class ResetStates(keras.callbacks.Callback):
             return
         rows = getattr(dataset, "local_batch_size", dataset.batch_size)  # a shard of streams: its own count
         check_stateful_model(self.model, rows, layers=self._synced())
+        check_steps_per_execution(int(getattr(self.model, "steps_per_execution", 1) or 1), dataset, call)
         if call in ("fit", "evaluate"):  # NOTE [ a stateful RNN at batch size 1 on TensorFlow ]
             check_looped_rnn_rows(looped_rnn_rows(self._synced().layers), keras.backend.backend(), call)
-        check_steps_per_execution(int(getattr(self.model, "steps_per_execution", 1) or 1), dataset, call)
 
 
 def _check_dataset(dataset: Any, argument: str) -> Any:

@@ -28,7 +28,7 @@ import time
 N_TRAIN, N_VAL, BATCH, EPOCHS = 2000, 2000, 16, 3
 
 
-def _model():  # noqa: ANN202 - keras is imported in the child only
+def _model():
     import keras
 
     def tower() -> keras.Model:
@@ -90,16 +90,16 @@ def _child(variant: str) -> dict[str, float]:
 class _Split:
     """Wall time, system time and minor faults spent inside fit's validation runs."""
 
-    def __new__(cls):  # noqa: ANN204 - a keras Callback, made in the child where keras is imported
+    def __new__(cls):
         import keras
 
         class Split(keras.callbacks.Callback):
             wall = sys = faults = 0.0
 
-            def on_test_begin(self, logs=None):  # noqa: ANN001, ANN202
+            def on_test_begin(self, logs=None):  # noqa: ARG002 - Keras signature
                 self._at = (time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF))
 
-            def on_test_end(self, logs=None):  # noqa: ANN001, ANN202
+            def on_test_end(self, logs=None):  # noqa: ARG002 - Keras signature
                 t, r = self._at
                 now = resource.getrusage(resource.RUSAGE_SELF)
                 self.wall += time.perf_counter() - t
@@ -109,7 +109,7 @@ class _Split:
         return Split()
 
 
-def _epoch(ds):  # noqa: ANN001, ANN202
+def _epoch(ds):
     import numpy as np
 
     batches = [ds.get_batch(i) for i in range(len(ds))]
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child)))  # noqa: T201
+        print(json.dumps(_child(args.child)))
         return
     variants = args.variants.split(",")
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
@@ -136,10 +136,10 @@ def main() -> None:
             if out.returncode:
                 sys.exit(out.stderr)
             runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(v, runs[v][-1], flush=True)  # noqa: T201
+            print(v, runs[v][-1], flush=True)
     for v, rs in runs.items():
         cols = {k: [r[k] for r in rs] for k in ("wall", "user", "sys", "faults", "val_wall", "val_sys", "val_faults")}
-        print(f"{v:<8} " + "  ".join(  # noqa: T201
+        print(f"{v:<8} " + "  ".join(
             f"{k} {statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})" for k, xs in cols.items()))
 
 

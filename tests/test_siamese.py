@@ -535,7 +535,8 @@ class TestUnnamedInputs:
         view = ds.for_model(unnamed_siamese_model())
         (first, second), _ = view[0]
         x, _ = ds.get_batch(0)
-        assert np.array_equal(first, x["right"]) and np.array_equal(second, x["left"])
+        assert np.array_equal(first, x["right"])
+        assert np.array_equal(second, x["left"])
 
     def test_error_suggests_input_names_and_the_summary_names(self):
         """A model with names of its own: the fix is input_names= (what the class takes), named as in the summary."""

@@ -587,12 +587,14 @@ class TestManyToOne:
         ds = StatefulSequenceDataset(np.arange(13.0), batch_size=2, timesteps=3, target_steps="last")
         x, y, w = ds[0]
         assert x[:, :, 0].tolist() == [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]]
-        assert y.tolist() == [[3.0], [9.0]] and w.tolist() == [1.0, 1.0]
+        assert y.tolist() == [[3.0], [9.0]]
+        assert w.tolist() == [1.0, 1.0]
 
     def test_a_window_that_padding_ends_weighs_nothing(self):
         ds = StatefulSequenceDataset(np.arange(11.0), batch_size=2, timesteps=3, target_steps="last")
         _, y, w = ds.get_batch(1)  # stream 2 has one real step in this window
-        assert w.tolist() == [1.0, 0.0] and y[:, 0].tolist() == [6.0, 0.0]
+        assert w.tolist() == [1.0, 0.0]
+        assert y[:, 0].tolist() == [6.0, 0.0]
 
     def test_unknown_target_steps_is_refused(self):
         with pytest.raises(StructureError, match="target_steps"):

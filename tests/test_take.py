@@ -20,7 +20,8 @@ class TestTake:
         ds = kseq.SiamesePairDataset(pairs(), batch_size=8, seed=0)
         x, y = kseq.take(ds)
         batches = [ds.get_batch(i) for i in range(len(ds))]
-        assert sorted(x) == ["left", "right"] and x["left"].shape == (40, 3)
+        assert sorted(x) == ["left", "right"]
+        assert x["left"].shape == (40, 3)
         np.testing.assert_array_equal(x["right"], np.concatenate([b[0]["right"] for b in batches]))
         np.testing.assert_array_equal(y, np.concatenate([b[1] for b in batches]))
 
@@ -38,8 +39,9 @@ class TestTake:
 
     def test_weights_and_tuples_keep_their_structure(self):
         ds = kseq.StatefulSequenceDataset(np.arange(21.0), batch_size=2, timesteps=3)
-        x, y, w = kseq.take(ds)
-        assert x.shape == (len(ds) * 2, 3, 1) and w.shape == (len(ds) * 2, 3)
+        x, _, w = kseq.take(ds)
+        assert x.shape == (len(ds) * 2, 3, 1)
+        assert w.shape == (len(ds) * 2, 3)
 
     def test_a_plain_pydataset_is_read_by_index(self):
         class Plain(keras.utils.PyDataset):
@@ -49,7 +51,7 @@ class TestTake:
             def __getitem__(self, i):
                 return np.full((2, 1), i), np.full(2, i)
 
-        x, y = kseq.take(Plain())
+        x, _ = kseq.take(Plain())
         assert x[:, 0].tolist() == [0, 0, 1, 1, 2, 2]
         with pytest.raises(StructureError, match="no get_batch"):
             kseq.take(Plain(), epoch=1)

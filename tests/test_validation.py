@@ -103,7 +103,7 @@ class TestCheckTensors:
         inp = keras.Input((2,), name="tokens", dtype="uint8")
         model = keras.Model(inp, keras.layers.Embedding(300, 2)(inp))
         ds = MultiInputDataset({"tokens": np.array([[1, 256]] * 4)}, inputs="tokens", batch_size=4, shuffle=False)
-        with pytest.raises(StructureError, match=r"values from np.int64\(1\) to np.int64\(256\), outside uint8's range"):
+        with pytest.raises(StructureError, match=r"np.int64\(256\), outside uint8.s range \[0, 255\]"):
             kseq.check(model, ds)
 
     def test_bool_input_takes_zeros_and_ones_only(self):
@@ -131,7 +131,7 @@ class TestCheckTensors:
         inp = keras.Input((1,), name="v")
         model = keras.Model(inp, keras.layers.Dense(1)(inp))
         ds = MultiInputDataset({"v": np.array([["a"]] * 4)}, inputs="v", batch_size=4, shuffle=False)
-        with pytest.raises(StructureError, match="expected dtype float32; Received \\(4, 1\\) <U1. Give the field as numbers"):
+        with pytest.raises(StructureError, match=r"expected dtype float32; Received \(4, 1\) <U1\. Give the field"):
             kseq.check(model, ds)
 
 

@@ -22,6 +22,7 @@ from kseq.errors import KseqError, SourceError, StructureError, WorkerError
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
 from kseq.sources import ArraySource, HDF5Source, Source, as_source
 from kseq.sources.pack import pack
+from kseq.take import take
 from kseq.text import Vocabulary, tokenize
 from kseq.workers import tune_malloc
 
@@ -100,6 +101,7 @@ __all__ = [
     "legacy",
     "pack",
     "profile",
+    "take",
     "tokenize",
     "tune_malloc",
 ]

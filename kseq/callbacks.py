@@ -18,7 +18,13 @@ from kseq.errors import StructureError
 from kseq.jax_states import track_layer_states, track_states
 from kseq.states import StatefulLayers, stateful_layers
 from kseq.torch_states import use_generic_rnn_path
-from kseq.validation import check_stateful_rows, check_step_count, check_steps_per_execution
+from kseq.validation import (
+    check_looped_rnn_rows,
+    check_stateful_rows,
+    check_step_count,
+    check_steps_per_execution,
+    looped_rnn_rows,
+)
 
 __all__ = ["ResetStates", "check_stateful_model", "stateful_layers", "track_states"]
 
@@ -194,6 +200,8 @@ class ResetStates(keras.callbacks.Callback):
         rows = getattr(dataset, "local_batch_size", dataset.batch_size)  # a shard of streams: its own count
         check_stateful_model(self.model, rows, layers=self._synced())
         check_steps_per_execution(int(getattr(self.model, "steps_per_execution", 1) or 1), dataset, call)
+        if call in ("fit", "evaluate"):  # NOTE [ a stateful RNN at batch size 1 on TensorFlow ]
+            check_looped_rnn_rows(looped_rnn_rows(self._synced().layers), keras.backend.backend(), call)
 
 
 def _check_dataset(dataset: Any, argument: str) -> Any:

@@ -108,6 +108,9 @@ class Profile:
     # minor page faults per step that fit on the dataset takes beyond fit on the held batches: TensorFlow changes
     # glibc's thresholds inside a process's first fit, after the delivery passes (NOTE [ malloc thresholds ])
     fit_page_faults: float | None = None
+    # minor page faults per step of fit on the held batches: what fit on any PyDataset takes on TensorFlow once
+    # glibc's thresholds changed, in training and in validation alike (benchmarks/bench_validation.py)
+    fit_held_page_faults: float | None = None
     advice: tuple[str, ...] = ()
     hints: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -194,8 +197,9 @@ class Profile:
             lines.append(f"  {'model step, held batches':<30} {'fit':<14} {1e3 * self.step_s:>9.3f}")
             lines.append(f"  {'step, fit on this dataset':<30} {'fit':<14} {1e3 * self.fit_s:>9.3f}")
         if self.fit_page_faults is not None:
+            held = "" if self.fit_held_page_faults is None else f" ({self.fit_held_page_faults:,.0f} a step there)"
             lines.append(f"  page faults per batch: {self.page_faults:,.0f} delivered, {self.fit_page_faults:,.0f} "
-                         "more per step through fit than on held batches")
+                         f"more per step through fit than on held batches{held}")
         lines.append(f"verdict: {self.verdict}")
         lines += [f"  - {line}" for line in self.advice]
         return "\n".join(lines)
@@ -277,15 +281,16 @@ def profile(ds: Any, model: Any = None, *, batches: int | None = None, epochs: i
         if mode != "inline":
             stages["transport"] = _time_transport(data, count, stages, workers, start_epoch + passes)
             stages = {k: stages[k] for k in STAGES if k in stages}  # batch order: transport before adapt
-        step_s = fit_s = fit_faults = None
+        step_s = fit_s = fit_faults = held_faults = None
         if model is not None:
-            step_s, fit_s, fit_faults = _time_steps(model, data, feed, count, passes, start_epoch)
+            step_s, fit_s, fit_faults, held_faults = _time_steps(model, data, feed, count, passes, start_epoch)
     finally:
         _set_epoch(data, start_epoch)
     result = Profile(
         name=type(data).__name__, mode=mode, workers=workers, batches=count, passes=passes,
         batch_bytes=batch_bytes, first_batch_s=first, delivered_s=tuple(delivered), stages=stages,
-        page_faults=faults, step_s=step_s, fit_s=fit_s, fit_page_faults=fit_faults, hints=_hints(data),
+        page_faults=faults, step_s=step_s, fit_s=fit_s, fit_page_faults=fit_faults,
+        fit_held_page_faults=held_faults, hints=_hints(data),
     )
     return _with_advice(result)
 
@@ -414,9 +419,12 @@ class _StepTimer(keras.callbacks.Callback):
         return (end - start) / (last - first) if last > first else math.nan
 
 
-def _time_steps(model: Any, data: Any, feed: Any, count: int, passes: int, epoch0: int) -> tuple[float, float, float]:
+def _time_steps(
+    model: Any, data: Any, feed: Any, count: int, passes: int, epoch0: int
+) -> tuple[float, float, float, float]:
     """Best of ``passes`` one-epoch fits on the held batches and on the dataset, in turns, after one of each;
-    and the page faults per step the dataset's fits took beyond the held batches' (fewest of the turns)."""
+    the page faults per step the dataset's fits took beyond the held batches', and the held batches' own
+    (fewest of the turns)."""
     saved = _snapshot(model)
     try:
         _set_epoch(data, epoch0)
@@ -434,7 +442,7 @@ def _time_steps(model: Any, data: Any, feed: Any, count: int, passes: int, epoch
                                                         - before) / count)
     finally:
         _restore(saved)
-    return best[0], best[1], max(0.0, faults[1] - faults[0])
+    return best[0], best[1], max(0.0, faults[1] - faults[0]), faults[0]
 
 
 def _snapshot(model: Any) -> list[tuple[Any, np.ndarray]]:
@@ -489,7 +497,8 @@ def _with_advice(p: Profile) -> Profile:
     elif stage == "adapt":
         advice.append("putting batches into the model's structure is the slowest part: build the model "
                       "from a dict of named inputs, which takes kseq's named batches as they are")
-    faults, where = max((p.page_faults, "per batch"), (p.fit_page_faults or 0.0, "per step of fit on it"))
+    faults, where = max((p.page_faults, "per batch"), (p.fit_page_faults or 0.0, "per step of fit on it"),
+                        (p.fit_held_page_faults or 0.0, "per step of fit, even on batches held in memory"))
     if faults * _PAGE > 2**20 and faults * _PAGE > 0.25 * p.batch_bytes:
         advice.append(f"this process took {faults:,.0f} page faults {where} ({faults * _PAGE / 1e6:,.1f} MB): "
                       "glibc returns batch-sized buffers to the kernel and faults them in again (TensorFlow "

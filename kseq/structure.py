@@ -29,13 +29,14 @@ take ``model=`` at construction and adapt to it in the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from kseq.errors import StructureError
 
-__all__ = ["ModelStructure", "TensorSpec", "check_same_routing"]
+__all__ = ["ModelStructure", "TensorSpec", "check_same_routing", "is_generated_name"]
 
 Kind = Literal["dict", "list", "single"]
 
@@ -58,6 +59,12 @@ class TensorSpec:
 class ModelStructure:
     """The nesting and names of a model's inputs and outputs (``model_name`` is for messages only).
 
+    Inputs are named as ``model.summary()`` shows them: the Input layer's name
+    (``input_layer_1`` for an unnamed ``keras.Input``, not its tensor's
+    ``keras_tensor_9``, which changes from run to run). ``input_keys``, when set,
+    are the batch keys that feed each input, in order (set by :meth:`by_position`
+    for Inputs with generated names; see NOTE [ inputs matched by position ]).
+
     Example:
         >>> import keras, numpy as np
         >>> a, b = keras.Input((3,), name="a"), keras.Input((5,), name="b")
@@ -75,6 +82,7 @@ class ModelStructure:
     output_kind: Kind
     outputs: tuple[TensorSpec, ...]
     model_name: str = field(default="", compare=False)
+    input_keys: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -100,7 +108,7 @@ class ModelStructure:
         struct_in = getattr(model, "input", None) if hasattr(model, "_inputs_struct") else None
         struct_out = getattr(model, "output", None) if hasattr(model, "_outputs_struct") else None
         out_names = _output_names(model, struct_out, len(tensors_out))
-        in_names = list(struct_in) if isinstance(struct_in, Mapping) else [t.name for t in tensors_in]
+        in_names = list(struct_in) if isinstance(struct_in, Mapping) else [_input_name(t) for t in tensors_in]
         if isinstance(struct_in, Mapping):
             tensors_in = list(struct_in.values())
         if isinstance(struct_out, Mapping):
@@ -125,10 +133,22 @@ class ModelStructure:
             f"outputs {self.output_names} as {_KIND_WORDS[self.output_kind]})"
         )
 
+    @property
+    def generated_input_names(self) -> bool:
+        """True when every input's name was made up by Keras (``input_layer_1``), none given by the user."""
+        return self.input_kind != "dict" and all(is_generated_name(n) for n in self.input_names)
+
+    def by_position(self, keys: Sequence[str]) -> ModelStructure:
+        """This structure, its inputs fed from batch keys ``keys`` in order (NOTE [ inputs matched by position ])."""
+        if len(keys) != len(self.inputs):
+            msg = f"Expected {len(self.inputs)} keys, one per input {self.input_names}. Received {list(keys)}."
+            raise StructureError(msg)
+        return replace(self, input_keys=tuple(keys))
+
     def adapt(self, batch: tuple) -> tuple:
         """Put a named batch ``(x[, y[, sample_weight]])`` into this model's structure."""
         x, *rest = batch
-        out = [_arrange(x, self.input_kind, self.input_names)]
+        out = [_arrange(x, self.input_kind, list(self.input_keys or self.input_names))]
         out += [_arrange(part, self.output_kind, self.output_names) for part in rest]
         return tuple(out)
 
@@ -181,6 +201,40 @@ def _output_names(model: Any, struct_out: object, count: int) -> list[str]:
         return [model.layers[-1].name]
     msg = f"Cannot tell the output names of model {getattr(model, 'name', model)!r}."
     raise StructureError(msg)
+
+
+# NOTE [ inputs matched by position ]
+# A model built from a list of unnamed Inputs (``keras.Model([keras.Input(s), keras.Input(s)], ...)``,
+# the keras.io Siamese example) has inputs named ``input_layer``, ``input_layer_1``...: numbered in the
+# order the process created Input layers, so not a name a dataset could be given in advance. A dataset
+# whose inputs have a declared order (a Siamese pair's left/right, a triplet, the caption pair,
+# ``MultiInputDataset(inputs=[...])``) then feeds them by position: its first input to the model's first.
+# Only then: a model with any name of the user's own is matched by name, and a name that is missing is
+# an error, since a wrong order fails silently (both sides of a pair have the same shape).
+# Generated names are recognised by Keras's patterns (``input_layer``, ``input_layer_N``, and a bare
+# tensor's ``keras_tensor_N``).
+
+_GENERATED = re.compile(r"(input_layer|keras_tensor)(_\d+)?")
+
+
+def is_generated_name(name: str) -> bool:
+    """Whether ``name`` is one Keras gives an unnamed Input (NOTE [ inputs matched by position ]).
+
+    Example:
+        >>> is_generated_name("input_layer_1"), is_generated_name("left")
+        (True, False)
+    """
+    return _GENERATED.fullmatch(name) is not None
+
+
+def _input_name(tensor: Any) -> str:
+    # The Input layer's name, as model.summary() shows it; a tensor's own name (keras_tensor_N) is a
+    # counter that differs from run to run. ``_keras_history`` is Keras's record of the layer that made
+    # a symbolic tensor (keras/src/models/functional.py reads it the same way).
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    name = getattr(layer, "name", None)
+    return str(name) if isinstance(name, str) and name else str(tensor.name)
 
 
 def _spec(name: str, tensor: Any) -> TensorSpec:

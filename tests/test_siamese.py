@@ -502,3 +502,73 @@ class TestFit:
         assert len(trained) >= 3
         assert all(sorted(t[:, 0].tolist()) == list(range(64)) for t in trained)
         assert len({tuple(map(tuple, t[np.argsort(t[:, 0])].tolist())) for t in trained}) == len(trained)
+
+
+def unnamed_siamese_model(dim=4):
+    """The keras.io contrastive example's pattern: two unnamed Inputs in a list, a shared tower, a distance."""
+    tower = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)])
+    left, right = keras.Input((dim,)), keras.Input((dim,))
+    diff = keras.layers.Lambda(lambda t: keras.ops.abs(t[0] - t[1]))([tower(left), tower(right)])
+    model = keras.Model([left, right], keras.layers.Dense(1, activation="sigmoid")(diff))
+    model.compile(keras.optimizers.Adam(0.02), "binary_crossentropy", metrics=["binary_accuracy"])
+    return model
+
+
+class TestUnnamedInputs:
+    """Issue 24, items 1 and 2: a list of unnamed Inputs, as the keras.io Siamese example builds it."""
+
+    @pytest.mark.portable
+    def test_left_and_right_feed_the_inputs_by_position_and_train(self):
+        keras.utils.set_random_seed(0)
+        train = SiamesePairDataset(clusters(n=160, seed=1), batch_size=16, seed=0)
+        held_out = SiamesePairDataset(clusters(n=80, seed=2), batch_size=40, shuffle=False, seed=2)
+        model = unnamed_siamese_model()
+        view = train.for_model(model)
+        first, second = (layer.name for layer in model.layers[:2])
+        assert f"x by position ('left' -> '{first}', 'right' -> '{second}')" in str(view.report)
+        model.fit(view, epochs=12, verbose=0)
+        assert model.evaluate(held_out.for_model(model), verbose=0, return_dict=True)["binary_accuracy"] > 0.9
+
+    def test_the_order_is_the_declared_one(self):
+        """input_names=("right", "left") puts the right rows in the model's first Input."""
+        ds = SiamesePairDataset(clusters(n=32), batch_size=8, seed=0, input_names=("right", "left"))
+        view = ds.for_model(unnamed_siamese_model())
+        (first, second), _ = view[0]
+        x, _ = ds.get_batch(0)
+        assert np.array_equal(first, x["right"])
+        assert np.array_equal(second, x["left"])
+
+    def test_error_suggests_input_names_and_the_summary_names(self):
+        """A model with names of its own: the fix is input_names= (what the class takes), named as in the summary."""
+        ds = SiamesePairDataset(clusters(n=32), batch_size=8, seed=0)
+        a, b = keras.Input((4,), name="query"), keras.Input((4,), name="candidate")
+        model = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
+        with pytest.raises(StructureError) as e:
+            ds.check(model)
+        assert str(e.value) == (
+            "Model input(s) ['query', 'candidate'] have no field in this dataset. Expected inputs ['query', "
+            "'candidate'] (as model.summary() shows them). Received inputs ['left', 'right']. "
+            "Pass input_names=('query', 'candidate') to SiamesePairDataset (one name per side, in order), or name "
+            "the model's Inputs ['left', 'right']: keras.Input(..., name='left')."
+        )
+
+    def test_three_unnamed_inputs_for_a_pair_name_the_summary_names(self):
+        ds = SiamesePairDataset(clusters(n=32), batch_size=8, seed=0)
+        inputs = [keras.Input((4,)) for _ in range(3)]
+        model = keras.Model(inputs, keras.layers.Concatenate()(inputs))
+        with pytest.raises(StructureError) as e:
+            ds.check(model)
+        names = [layer.name for layer in model.layers[:3]]
+        assert f"Expected inputs {names}" in str(e.value)
+        assert "keras_tensor" not in str(e.value)
+        assert "Name the model's Inputs like this SiamesePairDataset's keys ['left', 'right']" in str(e.value)
+
+    def test_triplets_feed_anchor_positive_negative_in_order(self):
+        data = clusters(n=32)
+        ds = TripletDataset(data, batch_size=8, seed=0, targets="zeros")
+        inputs = [keras.Input((4,)) for _ in range(3)]
+        model = keras.Model(inputs, keras.layers.Concatenate()(inputs))
+        view = ds.for_model(model)
+        x, _ = ds.get_batch(0)
+        got = model.predict_on_batch(view[0][0])
+        np.testing.assert_allclose(got, np.concatenate([x["anchor"], x["positive"], x["negative"]], axis=1))

@@ -577,3 +577,87 @@ class TestPyTorchFusedPath:
         assert not has_fused_path_bug("3.15.2", "torch")
         assert not has_fused_path_bug("3.16.0.dev2026", "torch")
         assert not has_fused_path_bug("3.15.1", "tensorflow")
+
+
+@pytest.mark.portable
+class TestManyToOne:
+    """Issue 24, item 7: lstm_stateful.py's pattern, one prediction per window (target_steps="last")."""
+
+    def test_y_is_the_target_of_each_windows_last_step(self):
+        ds = StatefulSequenceDataset(np.arange(13.0), batch_size=2, timesteps=3, target_steps="last")
+        x, y, w = ds[0]
+        assert x[:, :, 0].tolist() == [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]]
+        assert y.tolist() == [[3.0], [9.0]]
+        assert w.tolist() == [1.0, 1.0]
+
+    def test_a_window_that_padding_ends_weighs_nothing(self):
+        ds = StatefulSequenceDataset(np.arange(11.0), batch_size=2, timesteps=3, target_steps="last")
+        _, y, w = ds.get_batch(1)  # stream 2 has one real step in this window
+        assert w.tolist() == [1.0, 0.0]
+        assert y[:, 0].tolist() == [6.0, 0.0]
+
+    def test_unknown_target_steps_is_refused(self):
+        with pytest.raises(StructureError, match="target_steps"):
+            StatefulSequenceDataset(np.arange(11.0), batch_size=2, timesteps=3, target_steps="first")
+
+    def test_like_keeps_it_and_to_series_refuses_it(self):
+        ds = StatefulSequenceDataset(np.arange(13.0), batch_size=2, timesteps=3, target_steps="last")
+        assert ds.like(np.arange(20.0)).target_steps == "last"
+        with pytest.raises(StructureError, match="target_steps='all'"):
+            ds.to_series(np.zeros((len(ds) * 2, 1)))
+
+    def test_a_stateful_lstm_returning_one_value_per_window_learns_the_next_value(self):
+        """Many-to-one through fit: the next value of a sine after each window, on held-out series."""
+        t = np.arange(400.0)
+        train = [np.sin(0.3 * t + p)[:, None] for p in (0.0, 1.0, 2.0, 3.0)]
+        held_out = [np.sin(0.3 * t + p)[:, None] for p in (0.5, 2.5, 4.0, 5.0)]
+        ds = StatefulSequenceDataset(train, batch_size=4, timesteps=8, target_steps="last")
+        val = ds.like(held_out)
+        keras.utils.set_random_seed(0)
+        inp = ds.keras_input()
+        h = keras.layers.LSTM(16, stateful=True)(inp)  # return_sequences=False: one output per window
+        model = keras.Model(inp, keras.layers.Dense(1)(h))
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        assert not ds.check(model, verbose=False).needs_adapting
+        model.fit(ds, epochs=15, shuffle=False, callbacks=[ResetStates(ds)], verbose=0)
+        mse = model.evaluate(val, callbacks=[ResetStates(val)], verbose=0)
+        assert mse < 0.01  # predicting 0 would give about 0.5
+
+
+class TestBatchSizeOneOnTensorFlow:
+    """Issue 24, item 6: Keras 3.15 on TF cannot fit a looping stateful RNN at batch size 1 from a PyDataset."""
+
+    @staticmethod
+    def model(ds, **rnn):
+        inp = ds.keras_input()
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(4, stateful=True, **rnn)(inp)))
+        model.compile("sgd", "mse")
+        return model
+
+    @pytest.fixture(autouse=True)
+    def _tensorflow_only(self):
+        if keras.backend.backend() != "tensorflow":
+            pytest.skip("a TensorFlow limitation")
+
+    def test_fit_is_refused_before_the_first_step_with_what_works(self):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=1, timesteps=4, target_steps="last")
+        with pytest.raises(StructureError, match=r"batch_size >= 2 .*unroll=True .*JAX or PyTorch"):
+            self.model(ds).fit(ds, epochs=1, shuffle=False, callbacks=[ResetStates(ds)], verbose=0)
+
+    def test_check_and_for_model_refuse_a_compiled_model(self):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=1, timesteps=4, target_steps="last")
+        with pytest.raises(StructureError, match="cannot fit a stateful recurrent layer at batch size 1"):
+            ds.for_model(self.model(ds))
+
+    def test_predict_at_batch_size_one_is_not_refused(self):
+        ds = StatefulSequenceDataset(np.arange(40.0), batch_size=1, timesteps=4, target_steps="last")
+        inp = ds.keras_input()
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(4, stateful=True)(inp)))  # not compiled
+        ds.check(model, verbose=False)
+        assert model.predict(ds, callbacks=[ResetStates(ds)], verbose=0).shape == (len(ds), 1)
+
+    def test_unroll_trains_at_batch_size_one(self):
+        ds = StatefulSequenceDataset(np.sin(np.arange(80.0))[:, None], batch_size=1, timesteps=4,
+                                     target_steps="last")
+        history = self.model(ds, unroll=True).fit(ds, epochs=2, shuffle=False, callbacks=[ResetStates(ds)], verbose=0)
+        assert np.isfinite(history.history["loss"]).all()

@@ -22,8 +22,9 @@ class TestCheckNames:
         with pytest.raises(StructureError) as e:
             kseq.check(concat_model(), ds)
         assert str(e.value) == (
-            "Model input(s) ['b'] have no field in this dataset. Expected inputs ['a', 'b']. "
-            "Received inputs ['a', 'bee']. Pass inputs={'b': <field>, ...}."
+            "Model input(s) ['b'] have no field in this dataset. Expected inputs ['a', 'b'] (as model.summary() "
+            "shows them). Received inputs ['a', 'bee']. "
+            "Pass inputs={'a': 'a', 'b': <field>} to MultiInputDataset ({model input name: field})."
         )
 
     def test_extra_input_key_is_refused(self, two_inputs):
@@ -34,7 +35,7 @@ class TestCheckNames:
         assert str(e.value) == (
             "The batch has inputs ['ab'] that the model does not take. Expected exactly ['a', 'b']. "
             "Extra keys are not harmless: Keras can route the wrong array to an input (keras#23258). "
-            "Remove ['ab'] from inputs=."
+            "Pass inputs={'a': 'a', 'b': 'b'} to MultiInputDataset ({model input name: field})."
         )
 
     def test_missing_target(self, two_inputs):
@@ -44,8 +45,9 @@ class TestCheckNames:
         with pytest.raises(StructureError) as e:
             kseq.check(model, ds)
         assert str(e.value) == (
-            "Model output(s) ['score'] have no field in this dataset. Expected outputs ['score']. "
-            "Received targets ['label']. Pass targets={'score': <field>, ...}."
+            "Model output(s) ['score'] have no field in this dataset. Expected outputs ['score'] (as "
+            "model.summary() shows them). Received targets ['label']. "
+            "Pass targets='label' (y as one array) or targets={'score': 'label'}."
         )
 
     def test_unnamed_array_for_a_two_input_model(self, two_inputs):
@@ -83,17 +85,94 @@ class TestCheckTensors:
         ds = MultiInputDataset({"v": np.zeros(8, "float32")}, inputs="v")
         assert kseq.check(model, ds, verbose=False).structure.input_names == ["v"]
 
-    def test_float_into_integer_input(self):
+    def test_non_integral_float_into_integer_input(self):
+        """Keras would cast 0.5 to 0: a cast that changes values is refused, with the count and an example."""
         inp = keras.Input((5,), name="tokens", dtype="int32")
         model = keras.Model(inp, keras.layers.Embedding(10, 2)(inp))
-        ds = MultiInputDataset({"tokens": np.zeros((8, 5), "float64")}, inputs="tokens")
+        tokens = np.zeros((8, 5), "float64")
+        tokens[0, 1] = 0.5
+        ds = MultiInputDataset({"tokens": tokens}, inputs="tokens", batch_size=8, shuffle=False)
         with pytest.raises(StructureError) as e:
             kseq.check(model, ds)
         assert str(e.value) == (
             "Batch x does not fit the model's inputs:\n"
-            "  input 'tokens': expected dtype int32; Received (8, 5) float64. "
-            "Cast the field (e.g. .astype('int32')) or declare Input(dtype='float64')."
+            "  input 'tokens': expected dtype int32; Received (8, 5) float64, and Keras's cast to int32 would "
+            "change its values (1 non-integral value(s), e.g. np.float64(0.5)). Fix the values (np.round, or a "
+            "smaller range), or declare Input(dtype='float64')."
         )
+
+    def test_integers_out_of_range_are_refused(self):
+        inp = keras.Input((2,), name="tokens", dtype="uint8")
+        model = keras.Model(inp, keras.layers.Embedding(300, 2)(inp))
+        ds = MultiInputDataset({"tokens": np.array([[1, 256]] * 4)}, inputs="tokens", batch_size=4, shuffle=False)
+        with pytest.raises(StructureError, match=r"np.int64\(256\), outside uint8.s range \[0, 255\]"):
+            kseq.check(model, ds)
+
+    def test_bool_input_takes_zeros_and_ones_only(self):
+        inp = keras.Input((2,), name="mask", dtype="bool")
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.ops.cast(inp, "float32")))
+        ok = MultiInputDataset({"mask": np.array([[0.0, 1.0]] * 4)}, inputs="mask", batch_size=4, shuffle=False)
+        kseq.check(model, ok, verbose=False)  # no error
+        bad = MultiInputDataset({"mask": np.array([[0, 2]] * 4)}, inputs="mask", batch_size=4, shuffle=False)
+        with pytest.raises(StructureError, match="4 value\\(s\\) other than 0 and 1"):
+            kseq.check(model, bad)
+
+    def test_integral_floats_train_an_integer_input(self):
+        """A float64 batch of whole numbers for an int64 Input: Keras casts it, so check accepts it and fit trains."""
+        inp = keras.Input((5,), name="tokens", dtype="int64")
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(keras.layers.Embedding(10, 2)(inp))))
+        model.compile("sgd", "mse")
+        rng = np.random.default_rng(0)
+        data = {"tokens": rng.integers(0, 10, (32, 5)).astype("float64"), "y": rng.random(32)}
+        ds = MultiInputDataset(data, inputs="tokens", targets="y", batch_size=8, seed=0)
+        assert kseq.check(model, ds, verbose=False).structure.inputs[0].dtype == "int64"
+        history = model.fit(ds.for_model(model), epochs=2, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+
+    def test_string_into_numeric_input(self):
+        inp = keras.Input((1,), name="v")
+        model = keras.Model(inp, keras.layers.Dense(1)(inp))
+        ds = MultiInputDataset({"v": np.array([["a"]] * 4)}, inputs="v", batch_size=4, shuffle=False)
+        with pytest.raises(StructureError, match=r"expected dtype float32; Received \(4, 1\) <U1\. Give the field"):
+            kseq.check(model, ds)
+
+
+class TestGeneratedInputNames:
+    """Item 1 and 2 of issue 24: unnamed Inputs, named as model.summary() shows them and fed by position."""
+
+    @staticmethod
+    def unnamed_pair_model():
+        left, right = keras.Input((3,)), keras.Input((5,))
+        return keras.Model([left, right], keras.layers.Concatenate()([left, right]))
+
+    def test_inputs_are_named_like_the_summary(self):
+        model = self.unnamed_pair_model()
+        names = kseq.ModelStructure.of(model).input_names
+        assert names == [layer.name for layer in model.layers[:2]]
+        assert all(n.startswith("input_layer") for n in names)
+
+    def test_declared_order_feeds_generated_names_by_position(self, two_inputs):
+        """inputs=["b", "a"] feeds the first unnamed Input with b: the declared order, not the alphabet."""
+        left, right = keras.Input((5,)), keras.Input((3,))
+        model = keras.Model([left, right], keras.layers.Concatenate()([left, right]))
+        ds = MultiInputDataset(two_inputs, inputs=["b", "a"], batch_size=8, shuffle=False)
+        report = kseq.check(model, ds, verbose=False)
+        assert "x by position ('b' -> 'input_layer" in str(report)
+        out = model.predict(ds.for_model(model), verbose=0)
+        np.testing.assert_array_equal(out[:8], np.concatenate([two_inputs["b"][:8], two_inputs["a"][:8]], axis=1))
+
+    def test_named_inputs_are_still_matched_by_name(self, two_inputs):
+        ds = MultiInputDataset(two_inputs, inputs=["b", "a"], batch_size=8, shuffle=False)
+        report = kseq.check(concat_model(), ds, verbose=False)
+        assert "position" not in str(report)
+        assert report.structure.input_keys is None
+
+    def test_a_users_name_that_is_missing_is_not_guessed(self, two_inputs):
+        left, right = keras.Input((3,), name="first"), keras.Input((5,), name="second")
+        model = keras.Model([left, right], keras.layers.Concatenate()([left, right]))
+        ds = MultiInputDataset(two_inputs, inputs=["a", "b"], batch_size=8, shuffle=False)
+        with pytest.raises(StructureError, match="Pass inputs=\\{'first': <field>, 'second': <field>\\}"):
+            kseq.check(model, ds)
 
 
 def same_batch(before, after):

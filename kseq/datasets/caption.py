@@ -164,6 +164,24 @@ class CaptionDataset(Dataset):
         warnings.warn("CaptionDataset.sample_weight_mode is now .weighting.", DeprecationWarning, stacklevel=2)
         return self.weighting
 
+    @property
+    def input_order(self) -> tuple[str, str]:
+        """``input_names``: a model whose Inputs have generated names takes (features, decoder input) by position.
+
+        See NOTE [ inputs matched by position ] in :mod:`kseq.structure`.
+        """
+        return self.input_names
+
+    def structure_fix(self, role: str, names: list[str]) -> str:
+        """How to make this dataset's keys the model's ``names`` (for :func:`kseq.check`'s errors)."""
+        if role == "input":
+            if len(names) == 2:
+                return f"Pass input_names={tuple(names)!r} to CaptionDataset (features input, decoder input)."
+            return f"CaptionDataset gives two inputs {list(self.input_names)}: (features, decoder input)."
+        if len(names) == 1:
+            return f"Pass output_name={names[0]!r} to CaptionDataset."
+        return f"CaptionDataset gives one output {self.output_name!r}: build the model with one output."
+
     # -- batches -------------------------------------------------------------------
 
     def make_sampler(self) -> CaptionSampler:

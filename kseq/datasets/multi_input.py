@@ -70,6 +70,21 @@ class MultiInputDataset(Dataset):
     def fields_read(self) -> list[str]:
         return self._fields_read
 
+    @property
+    def input_order(self) -> tuple[str, ...]:
+        """The keys of x in the order ``inputs`` gave them: a model whose Inputs have generated names takes
+        them by position (NOTE [ inputs matched by position ] in :mod:`kseq.structure`)."""
+        return tuple(self.inputs)
+
+    def structure_fix(self, role: str, names: list[str]) -> str:
+        """How to make this dataset's keys the model's ``names`` (for :func:`kseq.check`'s errors)."""
+        argument, given = ("inputs", self.inputs) if role == "input" else ("targets", self.targets or {})
+        if role == "output" and len(names) == 1 and len(given) == 1:
+            (field,) = given.values()
+            return f"Pass targets={field!r} (y as one array) or targets={{{names[0]!r}: {field!r}}}."
+        pairs = ", ".join(f"{n!r}: {given[n]!r}" if n in given else f"{n!r}: <field>" for n in names)
+        return f"Pass {argument}={{{pairs}}} to MultiInputDataset ({{model {role} name: field}})."
+
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         x = {name: rows[f] for name, f in self.inputs.items()}
         if self.targets is None:

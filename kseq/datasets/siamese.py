@@ -72,6 +72,32 @@ class _ClassTupleDataset(Dataset):
             return {name: (name, self.fields[0]) for name in self.input_names}
         return {f"{field}_{name}": (name, field) for name in self.input_names for field in self.fields}
 
+    @property
+    def input_order(self) -> tuple[str, ...]:
+        """The keys of x in their declared order: a model whose Inputs have generated names takes them by position.
+
+        See NOTE [ inputs matched by position ] in :mod:`kseq.structure`.
+        """
+        return tuple(self.input_keys)
+
+    def structure_fix(self, role: str, names: list[str]) -> str:
+        """How to make this dataset's keys the model's ``names`` (for :func:`kseq.check`'s errors)."""
+        cls = type(self).__name__
+        if role == "output":
+            return self._output_fix(names)
+        if len(self.fields) == 1 and len(names) == len(self.input_names):
+            return (
+                f"Pass input_names={tuple(names)!r} to {cls} (one name per side, in order), or name the "
+                f"model's Inputs {list(self.input_names)}: keras.Input(..., name={self.input_names[0]!r})."
+            )
+        return (
+            f"Name the model's Inputs like this {cls}'s keys {list(self.input_keys)} (keras.Input(..., name=...)); "
+            f"with several fields each key is '{{field}}_{{input_name}}', named through input_names=."
+        )
+
+    def _output_fix(self, names: list[str]) -> str:
+        return f"{type(self).__name__} gives one target array; the model has outputs {names}: give it one output."
+
     def read_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """``{"{input_name}/{field}": rows}`` for the ``(b, roles)`` row indices of one batch.
 
@@ -188,6 +214,11 @@ class SiamesePairDataset(_ClassTupleDataset):
             pairs_per_epoch=self.pairs_per_epoch, classes_per_batch=self.classes_per_batch,
             balance=self.balance, reshuffle=self.plain_shuffle(), drop_remainder=self.drop_remainder,
         )
+
+    def _output_fix(self, names: list[str]) -> str:
+        if len(names) == 1:
+            return f"Pass target_name={names[0]!r} to SiamesePairDataset, or target_name=None for y as one array."
+        return "SiamesePairDataset gives one target: build the model with one output."
 
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
         same = self.labels_of(rows, 0) == self.labels_of(rows, 1)

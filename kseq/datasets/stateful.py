@@ -28,7 +28,7 @@ Keras 3.15 leaves the rest to the data:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,8 @@ from kseq.errors import StructureError
 from kseq.samplers.streams import StreamLayout, StreamSampler
 from kseq.sources import ArraySource, Source, as_source
 from kseq.sources.concat import ConcatSource
-from kseq.validation import CheckReport
-from kseq.validators import batch_index, integer, known_fields
+from kseq.validation import CheckReport, check_looped_rnn_rows, looped_rnn_rows
+from kseq.validators import batch_index, integer, known_fields, one_of
 
 __all__ = ["StatefulSequenceDataset"]
 
@@ -56,6 +56,13 @@ class StatefulSequenceDataset(Dataset):
     sequence is paired with the target at ``t + target_offset``: the next step of x by
     default, or the fields named by ``targets``. Every real step is used exactly once per
     epoch, in the same order every epoch.
+
+    With ``target_steps="last"`` (many-to-one, a model whose last RNN returns one value per
+    window) ``y`` is the target of each window's last step only, ``(batch_size, Fy)``, and
+    ``sample_weight`` is ``(batch_size,)``: 1 for a full window, 0 for a window that padding
+    ends (the model's output there follows padded steps). So the last, partial window of a
+    series trains nothing in this mode; choose ``timesteps`` dividing the series' lengths to
+    use every step.
 
     Train with ``model.fit(ds, shuffle=False, callbacks=[kseq.ResetStates(ds)])`` and a
     model built on :meth:`keras_input`. See NOTE [ stateful datasets and Keras 3.15 ].
@@ -77,6 +84,8 @@ class StatefulSequenceDataset(Dataset):
         target_offset: steps from an input to its target, ``>= 0`` (``>= 1`` when
             ``targets=None``). The last ``target_offset`` steps of each series are only
             targets.
+        target_steps: ``"all"`` (default): a target per step; ``"last"``: the target of each
+            window's last step, for a model that returns one value per window.
         stride: steps between the starts of consecutive windows of a stream. Only
             ``timesteps`` (the default) keeps the carried state exact; any other value is
             refused with the reason (``TimeseriesGenerator`` users are used to ``stride=1``).
@@ -117,6 +126,7 @@ class StatefulSequenceDataset(Dataset):
         inputs: Names | None = None,
         targets: Names | None = None,
         target_offset: int = 1,
+        target_steps: Literal["all", "last"] = "all",
         stride: int | None = None,
         split: bool | None = None,
         seed: int | None = None,
@@ -136,6 +146,7 @@ class StatefulSequenceDataset(Dataset):
         self.inputs = _names(inputs, "inputs", fields)
         self.targets = None if targets is None else _names(targets, "targets", fields)
         self.target_offset = _check_offset(target_offset, self.targets, self.inputs)
+        self.target_steps = one_of(target_steps, "target_steps", ("all", "last"))
         _check_widths(self.inputs, "inputs", fields)
         _check_widths(self.targets or self.inputs, "targets", fields)
         self.lengths = _usable_lengths(sources, self.target_offset)
@@ -187,7 +198,12 @@ class StatefulSequenceDataset(Dataset):
         return {"inputs": _place(x_values, real), "targets": _place(y_values, real), "real": real}
 
     def build_batch(self, rows: dict[str, np.ndarray]) -> tuple:
-        """``(x, y, sample_weight)``: the sample weight is 1 on real steps and 0 on padding."""
+        """``(x, y, sample_weight)``: the sample weight is 1 on real steps and 0 on padding.
+
+        With ``target_steps="last"``: y is the last step's target and the weight 1 for full windows.
+        """
+        if self.target_steps == "last":  # padding only ends a window: its last step is real iff it is full
+            return rows["inputs"], rows["targets"][:, -1], rows["real"][:, -1].astype(np.float32)
         return rows["inputs"], rows["targets"], rows["real"].astype(np.float32)
 
     def __getitem__(self, index: int) -> tuple:
@@ -196,10 +212,19 @@ class StatefulSequenceDataset(Dataset):
         return super().__getitem__(index)
 
     def check(self, model: Any, *, verbose: bool = True) -> CheckReport:
-        """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows."""
-        from kseq.callbacks import check_stateful_model  # kseq.callbacks imports Keras
+        """:func:`kseq.check`, and the model's stateful layers and input must take ``batch_size`` rows.
+
+        A compiled model (one meant to be fit) whose stateful recurrent layers loop over one row is refused
+        on TensorFlow, where Keras 3.15 cannot train it from a PyDataset (NOTE [ a stateful RNN at batch size 1
+        on TensorFlow ] in :mod:`kseq.validation`).
+        """
+        import keras  # kseq.callbacks imports Keras too
+
+        from kseq.callbacks import check_stateful_model, stateful_layers
 
         check_stateful_model(model, self.local_batch_size)
+        if getattr(model, "compiled", False):
+            check_looped_rnn_rows(looped_rnn_rows(stateful_layers(model)), keras.backend.backend(), "fit")
         return super().check(model, verbose=verbose)
 
     # -- the stateful API -------------------------------------------------------
@@ -246,6 +271,7 @@ class StatefulSequenceDataset(Dataset):
             "inputs": self.inputs,
             "targets": self.targets,
             "target_offset": self.target_offset,
+            "target_steps": self.target_steps,
             "split": self._split_given,
             "seed": self.seed,
             "workers": pool.workers,
@@ -268,6 +294,13 @@ class StatefulSequenceDataset(Dataset):
             that is the prediction of the target at ``t + target_offset``; a list when
             ``series`` was a list.
         """
+        if self.target_steps == "last":
+            msg = (
+                'to_series puts per-step outputs back in time order; this dataset has target_steps="last" (one '
+                "output per window). Expected per-step predictions: predict on ds.like(series, target_steps='all') "
+                "with a model that returns sequences, or read each window's end from ds.layout."
+            )
+            raise StructureError(msg)
         if not self.shard.single:
             msg = (
                 f"to_series needs the predictions of every stream, and this dataset is shard {self.shard.index} of "
@@ -298,7 +331,9 @@ class StatefulSequenceDataset(Dataset):
         return (
             f"StatefulSequenceDataset({len(self.lengths)} series, {sum(self.lengths)} steps, "
             f"batch_size={self.batch_size}, timesteps={self.timesteps}, {len(self)} batches, "
-            f"inputs={self.inputs}, targets={self.targets or 'next step'}, target_offset={self.target_offset})"
+            f"inputs={self.inputs}, targets={self.targets or 'next step'}, target_offset={self.target_offset}"
+            + ("" if self.target_steps == "all" else f", target_steps={self.target_steps!r}")
+            + ")"
         )
 
 

@@ -2,6 +2,13 @@
 
 Pillow is an extra (``pip install 'kseq[images]'``) and is imported here on first use only, so
 ``import kseq`` and a worker that reads no image load no Pillow.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/a.png"
+    >>> pillow().fromarray(np.zeros((4, 6), "uint8")).save(path)
+    >>> image_header(path), read_image(path, (2, 3), "rgb", "bilinear").shape
+    ((4, 6), (2, 3, 3))
 """
 
 from __future__ import annotations

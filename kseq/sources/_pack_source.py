@@ -9,6 +9,12 @@ bounded however large the source. The processes start with this interpreter's de
 (fork on Linux up to Python 3.13), so a FileSource's ``load`` function must be picklable where
 that method is spawn or forkserver. A source of cheap reads (arrays, a memory map) is copied in
 this process: a second process would only add a pickle of every block.
+
+Example:
+    >>> import numpy as np
+    >>> from kseq.sources import ArraySource
+    >>> [len(b["x"]) for b in source_batches(ArraySource({"x": np.zeros((600, 1024))}), workers=0)]
+    [256, 256, 88]
 """
 
 from __future__ import annotations

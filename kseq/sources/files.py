@@ -56,7 +56,12 @@ _SHOWN = 5  # bad files named in one message
 
 
 class BadFile(NamedTuple):
-    """A file that could not be read: its row, its path, and why."""
+    """A file that could not be read: its row, its path, and why (:meth:`FileSource.bad_files`).
+
+    Example:
+        >>> BadFile(3, "/data/cat/3.jpg", "missing file").row
+        3
+    """
 
     row: int
     path: str
@@ -315,10 +320,12 @@ class FileSource:
                 )
                 raise SourceError(msg)
             return array
-        msg = (
-            f"Row {row}, file '{path}' cannot be read ({failure}). Fix or remove the file, or pass "
-            "on_error='skip' to train on with this row zeroed and counted (NOTE [ bad files ])."
-        )
+        msg = f"Row {row}, file '{path}' cannot be read ({failure})."
+        if self.on_error == "raise":
+            msg += (
+                " Fix or remove the file, or pass on_error='skip' to train on with this row zeroed and counted "
+                "(NOTE [ bad files ] in kseq/sources/files.py)."
+            )
         raise SourceError(msg)
 
     def _decode(self, path: str) -> np.ndarray:
@@ -370,6 +377,7 @@ class FileSource:
             f"zeros with {self.ok_field}=0. source.bad_files() lists them.",
             stacklevel=3,
         )
+        self._warned = True  # reading them again warns no further
 
     def _log_bad(self, row: int, error: str, *, warn: bool = True) -> None:
         line = f"{row}\t{self.paths[row]}\t{' '.join(error.split())}\n".encode()
@@ -381,7 +389,7 @@ class FileSource:
         if warn and not self._warned:
             self._warned = True
             warnings.warn(
-                f"FileSource skipped row {row} ({error}). Its row reads as zeros with {self.ok_field}=0; "
+                f"FileSource skipped row {row} ({error.rstrip('.')}). Its row reads as zeros with {self.ok_field}=0; "
                 f"further bad files are logged without a warning in {self.error_log} (source.bad_files()).",
                 stacklevel=4,
             )

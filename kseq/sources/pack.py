@@ -30,6 +30,7 @@ appears under its name only when complete: an interrupted pack leaves nothing be
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -302,10 +303,14 @@ def _write(
     dtypes: Mapping[str, np.dtype],
 ) -> None:
     written = 0
+    # The first batch before the file is open: a stream that starts worker processes (a FileSource's readers, a
+    # kseq dataset's pool) forks them without the open file, whose lock a forked child would otherwise keep
+    # holding after pack closed it, so that opening the packed file failed with "unable to lock file".
+    first = next(batches, None)
     try:
         with h5py.File(target, "w", track_order=True, **_ALIGN) as f:
             datasets: dict[str, h5py.Dataset] = {}
-            for number, batch in enumerate(batches):
+            for number, batch in enumerate(itertools.chain([] if first is None else [first], batches)):
                 if not datasets:
                     datasets = _create(f, batch, total, chunk_rows, compression, level, dtypes)
                 _check_batch(batch, datasets, number)

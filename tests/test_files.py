@@ -132,6 +132,44 @@ class TestReading:
         assert "pip install 'kseq[images]'" in out.stdout, out.stderr
 
 
+def load_noting_pid(path):
+    """A user's load: the array in ``path``, and a note of the process that read it beside the file."""
+    with open(f"{path}.{os.getpid()}.pid", "w"):
+        pass
+    return np.load(path)
+
+
+@pytest.mark.portable
+class TestWhereFilesAreRead:
+    def test_files_are_read_in_the_worker_processes(self, tmp_path):
+        """With 2 worker processes, every file of an epoch is loaded in a worker, none in the main process."""
+        for i in range(16):
+            np.save(tmp_path / f"{i}.npy", np.full(3, i, np.float32))
+        src = FileSource([tmp_path / f"{i}.npy" for i in range(16)], load=load_noting_pid)
+        for note in tmp_path.glob("*.pid"):  # the first file, read once at construction to fix the shape
+            note.unlink()
+        with kseq.Dataset(src, batch_size=4, seed=0, workers=2, use_multiprocessing=True) as ds:
+            seen = np.sort(np.concatenate([ds[i][0]["data"][:, 0] for i in range(len(ds))]))
+        readers = {int(p.name.split(".")[-2]) for p in tmp_path.glob("*.pid")}
+        assert seen.tolist() == list(range(16))
+        assert {p.name.split(".")[0] for p in tmp_path.glob("*.pid")} == {str(i) for i in range(16)}  # (and more:
+        # the pool prefetches the next epoch's first batches)
+        assert readers
+        assert os.getpid() not in readers
+
+    def test_import_kseq_and_reading_npy_files_load_no_pillow(self, tmp_path):
+        """Pillow is imported on the first image only: `import kseq` and a source of .npy files never load it."""
+        np.save(tmp_path / "a.npy", np.zeros(2))
+        code = (
+            "import sys, kseq\n"
+            f"kseq.FileSource([{str(tmp_path / 'a.npy')!r}], load='npy').read([0])\n"
+            "print('PIL' in sys.modules)"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert out.stdout.strip() == "False", out.stderr
+
+
 @pytest.mark.portable
 class TestBadFiles:
     def test_missing_files_refused_at_construction(self, tmp_path):

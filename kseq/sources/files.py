@@ -12,7 +12,8 @@ a repeated row would be a second decode.
 
 # NOTE [ bad files ]
 What can be checked cheaply is checked at construction: every file exists (one ``stat`` each,
-``check_files=False`` to skip it on a slow network store) and the first one decodes. What cannot
+``check_files=False`` to skip it on a slow network store), and the first file fixes the field's
+shape: read whole for ``.npy`` and ``load``, its header for an image without ``image_size``. What cannot
 (a truncated JPEG in row 9,000; an image of another size) is found by the read that decodes it,
 and reported then as a SourceError naming the row and the file; in a worker process it reaches
 ``fit`` as a WorkerError with that message.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
-from kseq.sources import ArraySource, HDF5Source, Source, as_source
+from kseq.sources import ArraySource, FileSource, HDF5Source, Source, as_source
 from kseq.sources.pack import pack
 from kseq.take import take
 from kseq.text import Vocabulary, tokenize
@@ -76,6 +76,7 @@ __all__ = [
     "CheckReport",
     "DataFrameSource",
     "Dataset",
+    "FileSource",
     "GeneratorDataset",
     "HDF5Source",
     "KseqError",

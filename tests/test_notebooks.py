@@ -42,7 +42,19 @@ def _stateful(text):
     assert "StructureError: StatefulSequenceDataset was asked for batch 3 after serving batch 0 last" in text
 
 
-STATED = {"image_captioning": _captioning, "siamese_pairs": _siamese, "stateful_lstm": _stateful}
+def _image_files(text):
+    """From files decoded by worker processes: the classifier and the Siamese model learn; packing is faster."""
+    (accuracy,) = _percent(text, r"held-out accuracy: ([\d.]+) on 90 images")
+    assert accuracy >= 0.85
+    assert "same-class pairs in batch 0: 16 of 32" in text
+    (pair_accuracy,) = _percent(text, r"held-out pair accuracy: ([\d.]+) on 90 pairs")
+    assert pair_accuracy >= 0.8
+    files, packed = _percent(text, r"one epoch, inline: ([\d.]+) ms from the files, ([\d.]+) ms from the packed file")
+    assert packed < files / 10
+
+
+STATED = {"image_captioning": _captioning, "image_files": _image_files, "siamese_pairs": _siamese,
+          "stateful_lstm": _stateful}
 
 
 def text_of(notebook):

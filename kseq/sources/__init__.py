@@ -15,6 +15,7 @@ from kseq.errors import StructureError
 from kseq.sources.array import ArraySource
 from kseq.sources.base import Source, cheap_row_reads, check_fields, check_indices, is_dataframe
 from kseq.sources.concat import ConcatSource
+from kseq.sources.files import BadFile, FileSource
 from kseq.sources.hdf5 import HDF5Source
 
 if TYPE_CHECKING:
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArraySource",
+    "BadFile",
     "ConcatSource",
     "DataFrameSource",
+    "FileSource",
     "HDF5Source",
     "Source",
     "as_source",

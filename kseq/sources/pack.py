@@ -18,6 +18,10 @@ hdf5plugin, so a file's layout records it (``FieldLayout.plugin``) and every pro
 hdf5plugin before its first read, spawned and forkserver workers included; where it is not
 installed, ``HDF5Source`` and ``pack`` raise a SourceError at construction that names it.
 
+A Source (a :class:`~kseq.sources.FileSource` of images, say) is read in blocks of rows by
+``workers`` processes, in order, and written as they come: decoding a folder of JPEGs once, in
+parallel, makes every later epoch a read of uint8 arrays at memory speed (NOTE [ packing a source ]).
+
 Data bigger than memory is written batch by batch and never held whole. A stream of unknown
 length is written to growable (chunked) datasets; if the layout asked for is contiguous it is
 then copied into contiguous datasets, block by block. Pass ``length=`` to skip that copy. The file
@@ -26,10 +30,12 @@ appears under its name only when complete: an interrupted pack leaves nothing be
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import EllipsisType
@@ -40,8 +46,9 @@ import numpy as np
 
 from kseq.errors import SourceError, StructureError
 from kseq.sources._hdf5_layout import load_filter_plugins
+from kseq.sources._pack_source import source_batches
 from kseq.sources.array import ArraySource
-from kseq.sources.base import is_dataframe
+from kseq.sources.base import Source, is_dataframe
 from kseq.sources.hdf5 import HDF5Source
 from kseq.validators import integer, one_of
 
@@ -59,7 +66,7 @@ _ALIGN = {"alignment_threshold": 64 << 10, "alignment_interval": 4096}
 
 def pack(
     path: str | os.PathLike,
-    fields: Mapping[str, Any] | pd.DataFrame | Iterable[Mapping[str, Any] | pd.DataFrame],
+    fields: Mapping[str, Any] | pd.DataFrame | Source | Iterable[Mapping[str, Any] | pd.DataFrame],
     *,
     chunks: int | bool | EllipsisType | None = ...,
     compression: str | None = None,
@@ -68,14 +75,17 @@ def pack(
     dtypes: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | TextIO = True,
+    workers: int | None = None,
 ) -> HDF5Source:
     """Write ``fields`` to the HDF5 file ``path`` and return an :class:`HDF5Source` over it.
 
     Args:
         path: the file to write.
         fields: ``{name: array}`` (arrays or memmaps of equal length; ``"group/name"`` nests),
-            a DataFrame (one field per column), or an iterable of batches, each such a dict or
-            DataFrame with the same fields, trailing shapes and dtypes (data bigger than memory).
+            a DataFrame (one field per column), a Source (every field, every row: a
+            :class:`~kseq.sources.FileSource` of images is decoded by ``workers`` processes), or an
+            iterable of batches, each such a dict or DataFrame with the same fields, trailing shapes
+            and dtypes (data bigger than memory).
         chunks: ``...`` (default) contiguous when uncompressed, else chunked with about 1 MiB
             per chunk; ``None``/``False`` contiguous; ``True`` chunked, rows chosen for you; an
             int, rows per chunk (the same for every field).
@@ -90,6 +100,8 @@ def pack(
             of up to 64 UTF-8 bytes). Every batch must cast to its field's dtype without loss.
         overwrite: replace an existing file.
         progress: a progress bar on stderr (``True``), none (``False``), or a stream to draw it on.
+        workers: processes that read a Source (default: one per core for a source whose reads
+            are not cheap, such as files; else none); ``0`` reads in this process.
 
     Strings (numpy ``U`` or DataFrame text columns) are stored as UTF-8 fixed-length bytes.
 
@@ -112,7 +124,7 @@ def pack(
         raise SourceError(msg)
     compressed = _check_compression(compression, compression_opts)
     stored = _check_dtypes(dtypes)
-    batches, total = _batches(fields, length)
+    batches, total = _batches(fields, length, workers)
     chunk_rows = _chunk_rows(chunks, compressed)
     contiguous = chunk_rows is None
     bar = _Progress(total, f"pack {path.name}", progress)
@@ -125,6 +137,7 @@ def pack(
         else:
             _write(tmp, batches, total, chunk_rows, compression, compression_opts, bar, stored)
         os.replace(tmp, path)
+        _report_bad_files(fields, path)
     finally:
         for leftover in (tmp, staged):
             leftover.unlink(missing_ok=True)
@@ -202,8 +215,19 @@ def _chunk_rows(chunks: object, compressed: bool) -> int | str | None:
     return integer(chunks, "chunks", minimum=1, fix="Or pass ... (the default), None, True or False.")
 
 
-def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
+def _batches(
+    fields: object, length: int | None, workers: int | None
+) -> tuple[Iterator[dict[str, np.ndarray]], int | None]:
     """The rows to write as an iterator of ``{name: array}`` batches, and their total if known."""
+    if workers is not None and not isinstance(fields, Source):
+        msg = f"workers is for packing a Source. Received workers={workers!r} with {type(fields).__name__}."
+        raise StructureError(msg)
+    if isinstance(fields, Source) and not isinstance(fields, Mapping) and not is_dataframe(fields):
+        if length is not None and length != len(fields):
+            msg = f"A Source gives its own row count ({len(fields)}). Received length={length!r}; leave it out."
+            raise StructureError(msg)
+        encoded = (_batch_arrays(b, i) for i, b in enumerate(source_batches(fields, workers)))
+        return encoded, len(fields)
     if is_dataframe(fields):
         fields = _frame_arrays(fields)
     if isinstance(fields, Mapping):
@@ -224,6 +248,19 @@ def _batches(fields: object, length: int | None) -> tuple[Iterator[dict[str, np.
         raise StructureError(msg)
     length = integer(length, "length", minimum=1, optional=True, fix="It is the stream's total number of rows.")
     return (_batch_arrays(b, i) for i, b in enumerate(fields)), length
+
+
+def _report_bad_files(fields: object, path: Path) -> None:
+    """Warn, with the count, when a FileSource with ``on_error="skip"`` zeroed rows of ``path``."""
+    bad_files = getattr(fields, "bad_files", None)
+    bad = bad_files() if callable(bad_files) else []
+    if bad:
+        shown = ", ".join(f"row {b.row}: '{b.path}'" for b in bad[:5])
+        warnings.warn(
+            f"pack wrote {len(bad)} bad files of {len(fields)} as zeros with {fields.ok_field}=0 "  # type: ignore[arg-type, attr-defined]
+            f"into '{path}' ({shown}{' ...' if len(bad) > 5 else ''}); source.bad_files() lists them.",
+            stacklevel=3,
+        )
 
 
 def _slices(arrays: dict[str, np.ndarray], total: int) -> Iterator[dict[str, np.ndarray]]:
@@ -266,10 +303,14 @@ def _write(
     dtypes: Mapping[str, np.dtype],
 ) -> None:
     written = 0
+    # The first batch before the file is open: a stream that starts worker processes (a FileSource's readers, a
+    # kseq dataset's pool) forks them without the open file, whose lock a forked child would otherwise keep
+    # holding after pack closed it, so that opening the packed file failed with "unable to lock file".
+    first = next(batches, None)
     try:
         with h5py.File(target, "w", track_order=True, **_ALIGN) as f:
             datasets: dict[str, h5py.Dataset] = {}
-            for number, batch in enumerate(batches):
+            for number, batch in enumerate(itertools.chain([] if first is None else [first], batches)):
                 if not datasets:
                     datasets = _create(f, batch, total, chunk_rows, compression, level, dtypes)
                 _check_batch(batch, datasets, number)

@@ -41,6 +41,7 @@ from kseq.samplers import (
 from kseq.samplers.shard import Shard, pad_batch, resolve_shard
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
+from kseq.take import take
 from kseq.validation import CheckReport, check
 from kseq.validators import batch_index
 from kseq.validators import seed as check_seed
@@ -306,6 +307,10 @@ class Dataset(KerasFacing):
     def local_batch_size(self) -> int:
         """Rows in each of this process's batches: ``batch_size`` over the shard's process count."""
         return self.shard.rows_per_batch(self.batch_size)
+
+    def take(self, n: int | None = None, *, epoch: int | None = None) -> Any:
+        """The first ``n`` batches (default: the whole epoch) joined into arrays: :func:`kseq.take`."""
+        return take(self, n, epoch=epoch)
 
     def get_state(self) -> dict[str, Any]:
         """Where this dataset is, as a small JSON-serialisable dict (NOTE [ dataset state ]).

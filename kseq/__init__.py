@@ -18,12 +18,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from kseq import _tf_exit
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
 from kseq.sources import ArraySource, HDF5Source, Source, as_source
 from kseq.sources.pack import pack
 from kseq.text import Vocabulary, tokenize
 from kseq.workers import tune_malloc
+
+_tf_exit.collect_at_exit()  # NOTE [ tf.data iterators at exit ]: a failed fit must not hang the exit
 
 if TYPE_CHECKING:  # the Keras layer and DataFrameSource (pandas), for type checkers; at run time see __getattr__
     from kseq import legacy

@@ -19,6 +19,7 @@ function's Args. The choices that differ from a plain ``model.fit(generator)``:
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import warnings
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kseq import _tf_exit
 from kseq.callbacks import stateful_layers, track_states
 from kseq.datasets import Dataset, ModelView
 from kseq.errors import StructureError
@@ -120,6 +122,7 @@ def fit_generator(
     train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
                             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
                             read_first=False)
+    _refuse_short(generator, steps_per_epoch, epochs - initial_epoch)
     sequence = not isinstance(train, GeneratorDataset)
     if shuffle and sequence and stateful_layers(model):
         msg = (
@@ -354,6 +357,7 @@ def _run(datasets: list, roles: list, method: Any, data: Any, **kwargs: Any) -> 
                 stack.enter_context(marker)
             return method(data, **kwargs)
     except Exception as e:
+        _tf_exit.collect_now()  # the failed fit's tf.data iterator goes now: NOTE [ tf.data iterators at exit ]
         for dataset in datasets:
             own = getattr(dataset, "last_error", None)
             if own is not None and own is not e:
@@ -370,6 +374,26 @@ def _run(datasets: list, roles: list, method: Any, data: Any, **kwargs: Any) -> 
             )
             raise StructureError(msg) from e
         raise
+
+
+def _refuse_short(generator: Any, steps: Any, epochs: int) -> None:
+    """Refuse, before training, an iterator that says it holds fewer than ``steps x epochs`` batches.
+
+    Only an iterator that knows its length (``operator.length_hint``: a list's iterator, say) can be
+    refused here; a Python generator does not know it, and ends with an error at the step it ran out.
+    """
+    if not (hasattr(generator, "__next__") and isinstance(steps, int) and not isinstance(steps, bool)):
+        return
+    left = operator.length_hint(generator, -1)
+    needed = steps * max(epochs, 0)
+    if 0 <= left < needed:
+        msg = (
+            f"The iterator passed as the generator holds {left} batches, but steps_per_epoch={steps} x "
+            f"{epochs} epochs needs {needed}: fit would fail when it runs out. Expected at least {needed} "
+            f"batches. Lower steps_per_epoch to {max(left // max(epochs, 1), 1)} or epochs, or pass a "
+            "generator that never ends (a `while True:` loop), or a function that returns a new one per epoch."
+        )
+        raise StructureError(msg)
 
 
 def _refuse_keras1(legacy: dict[str, Any], function: str) -> None:

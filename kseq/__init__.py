@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from kseq import _tf_exit
 from kseq.errors import KseqError, SourceError, StructureError, WorkerError
 from kseq.samplers import BlockShuffleSampler, PKSampler, SequentialSampler, ShuffleSampler
 from kseq.sources import ArraySource, FileSource, HDF5Source, Source, as_source
@@ -25,6 +26,8 @@ from kseq.sources.pack import pack
 from kseq.take import take
 from kseq.text import Vocabulary, tokenize
 from kseq.workers import tune_malloc
+
+_tf_exit.collect_at_exit()  # NOTE [ tf.data iterators at exit ]: a failed fit must not hang the exit
 
 if TYPE_CHECKING:  # the Keras layer and DataFrameSource (pandas), for type checkers; at run time see __getattr__
     from kseq import legacy

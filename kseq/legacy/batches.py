@@ -10,6 +10,11 @@ and rejects a target dict outright (``Expected float32, but got decoder_output o
 type 'str'``), and it tolerates extra x keys that can route the wrong array
 (keras#23258).
 
+A dict key that no model input or output takes (a ``source_str`` of labels kept
+for display, say) was ignored by Keras 2. Here it is dropped before the batch
+reaches Keras, so it can never be routed (keras#23258), with one ``UserWarning``
+per adapter that lists the keys; kseq's own datasets refuse such keys instead.
+
 :class:`BatchNormaliser` gives every yield names first (:meth:`BatchNormaliser.name`:
 ``{model_name: array}``, with every name checked against the model and shapes and
 dtypes checked by :func:`kseq.validation.check_batch`), then puts it in the form the
@@ -20,6 +25,7 @@ from (``epoch 2, step 5 of 10``) and says what to yield instead.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +50,9 @@ class BatchNormaliser:
             as tf.keras 2 did. Needs ``structure``.
         x_only: read yields as ``predict_generator`` did: the first element of a
             2- or 3-tuple, or else the whole yield (a list is then the model's inputs).
+        warned: extra dict keys already named in a warning (shared by the
+            normalisers of one adapter, so each key is named once); they are
+            dropped silently.
 
     Example:
         >>> import keras, numpy as np
@@ -62,10 +71,12 @@ class BatchNormaliser:
         *,
         class_weight: Mapping[Any, Any] | None = None,
         x_only: bool = False,
+        warned: set[str] | None = None,
     ) -> None:
         self.structure = structure
         self.x_only = bool(x_only)
         self.class_weights = _class_weights(class_weight, structure)
+        self.warned: set[str] = set() if warned is None else warned
 
     def __call__(self, item: Any, *, where: str = "this batch") -> tuple:
         """``adapt(name(item))``: one yield in the model's structure."""
@@ -77,11 +88,12 @@ class BatchNormaliser:
         if self.structure is None:
             return parts
         s = self.structure
-        x = _name(parts[0], s.inputs, "x", "input", where)
+        extra: list[str] = []
+        x = _name(parts[0], s.inputs, "x", "input", where, extra)
         named: tuple = (x,)
         if len(parts) > 1:
-            y = _name(parts[1], s.outputs, "y", "output", where)
-            weights = _weights(parts[2] if len(parts) > 2 else None, s.outputs, y, where)
+            y = _name(parts[1], s.outputs, "y", "output", where, extra)
+            weights = _weights(parts[2] if len(parts) > 2 else None, s.outputs, y, where, extra)
             weights = self._apply_class_weights(weights, y, where)
             named = (x, y) if weights is None else (x, y, weights)
         try:
@@ -89,6 +101,8 @@ class BatchNormaliser:
         except StructureError as e:
             raise StructureError(f"At {where}: {e}") from e
         _check_fixed_batch(s.inputs, x, where)
+        if extra:
+            self._warn_dropped(extra, where)
         return named
 
     def adapt(self, named: tuple) -> tuple:
@@ -99,6 +113,20 @@ class BatchNormaliser:
         return self.structure.adapt(named)
 
     # -- helpers -----------------------------------------------------------------
+
+    def _warn_dropped(self, extra: list[str], where: str) -> None:
+        """One warning per adapter for keys no model input or output takes (NOTE [ legacy yields ])."""
+        new = [k for k in extra if k not in self.warned]
+        if not new:
+            return
+        self.warned.update(new)
+        model = self.structure.model_name if self.structure is not None else "the model"
+        msg = (
+            f"At {where}: dropped dict key(s) {extra} that no input or output of model {model!r} takes, as "
+            "Keras 2 ignored them (Keras 3 could route such a key to the wrong input, keras#23258). "
+            "Remove them from the yield to silence this warning"
+        )
+        warnings.warn(msg + ".", UserWarning, stacklevel=2)
 
     def _split(self, item: Any, where: str) -> tuple:
         if self.x_only:
@@ -160,10 +188,11 @@ class NormalisedBatches:
 
     _class_weight: Any
     _x_only: bool
+    _warned: set[str]
     _normaliser: BatchNormaliser
     last_error: BaseException | None
 
-    def _set_up(self, model: Any, class_weight: Any, x_only: bool) -> None:
+    def _set_up(self, model: Any, class_weight: Any, x_only: bool, read_first: bool = True) -> None:
         """What every adapter's constructor does: keep the options, then adopt ``model`` if given."""
         if class_weight is not None and model is None:
             msg = (
@@ -174,10 +203,11 @@ class NormalisedBatches:
             raise StructureError(msg)
         self._class_weight = class_weight
         self._x_only = bool(x_only)
-        self._normaliser = BatchNormaliser(None, x_only=x_only)
+        self._warned: set[str] = set()  # extra yield keys already named in a warning
+        self._normaliser = BatchNormaliser(None, x_only=x_only, warned=self._warned)
         self.last_error = None
         if model is not None:
-            self.adopt(model)
+            self.adopt(model, read=read_first)
 
     @property
     def model_structure(self) -> ModelStructure | None:
@@ -186,10 +216,21 @@ class NormalisedBatches:
 
     def set_structure(self, structure: ModelStructure | None) -> None:
         """Name and adapt batches for ``structure`` from now on (``None``: as yielded)."""
-        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only)
+        self._normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only,
+                                           warned=self._warned)
 
-    def adopt(self, model: Any, *, verbose: bool = False) -> CheckReport:
-        """Name and adapt every batch for ``model`` from now on (what ``model=`` does), after checking batch 0."""
+    def adopt(self, model: Any, *, verbose: bool = False, read: bool = True) -> CheckReport | None:
+        """Name and adapt every batch for ``model`` from now on (what ``model=`` does), after checking batch 0.
+
+        ``read=False`` reads nothing now and returns ``None``: every batch is still checked when it is read.
+        ``fit_generator`` does this, so that a generator is first read after the callbacks' ``on_train_begin``,
+        as in Keras 2 (NOTE [ on_train_begin before the first read ] in :mod:`kseq.legacy.fit`).
+        """
+        if not read:
+            structure = ModelStructure.of(model)
+            self.require_model(structure)
+            self.set_structure(structure)
+            return None
         report = self.check(model, verbose=verbose)
         self.set_structure(report.structure)
         report.remedy = f"This {type(self).__name__} does this."
@@ -207,7 +248,9 @@ class NormalisedBatches:
         structure = ModelStructure.of(model)
         self.require_model(structure)
         where, raw = self._raw_batch(0)  # type: ignore[attr-defined]
-        named = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only).name(raw, where=where)
+        normaliser = BatchNormaliser(structure, class_weight=self._class_weight, x_only=self._x_only,
+                                     warned=self._warned)
+        named = normaliser.name(raw, where=where)
         report = check_batch(structure, named)
         name = type(self).__name__
         report.remedy = (
@@ -228,10 +271,13 @@ class NormalisedBatches:
             )
 
 
-def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where: str) -> dict[str, Any]:
+def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where: str,
+          extra: list[str]) -> dict[str, Any]:
+    """``part`` by model name; dict keys no model name takes are added to ``extra`` and dropped."""
     names = [s.name for s in specs]
     if isinstance(part, Mapping):
         _check_keys(part, names, role, kind, where)
+        extra.extend(str(k) for k in part if k not in names)
         return {n: part[n] for n in names}
     if isinstance(part, (list, tuple)):
         if len(names) == 1 and not (len(part) > 1 and all(hasattr(v, "shape") for v in part)):
@@ -255,7 +301,6 @@ def _name(part: Any, specs: tuple[TensorSpec, ...], role: str, kind: str, where:
 
 def _check_keys(part: Mapping, names: list[str], role: str, kind: str, where: str) -> None:
     missing = [n for n in names if n not in part]
-    extra = [k for k in part if k not in names]
     if missing:
         msg = (
             f"At {where}: the {role} dict has no key for model {kind}(s) {missing}. Expected keys {names} "
@@ -263,26 +308,16 @@ def _check_keys(part: Mapping, names: list[str], role: str, kind: str, where: st
             f"Rename the keys, or name the layers: keras.Input(..., name={missing[0]!r})."
         )
         raise StructureError(msg)
-    if extra:
-        msg = (
-            f"At {where}: the {role} dict has key(s) {extra} that the model does not take. Expected exactly "
-            f"{names}. Extra keys are not harmless: Keras can route the wrong array to an input (keras#23258). "
-            "Remove them from the yield."
-        )
-        raise StructureError(msg)
 
 
-def _weights(sw: Any, specs: tuple[TensorSpec, ...], y: dict, where: str) -> dict[str, Any] | None:
+def _weights(sw: Any, specs: tuple[TensorSpec, ...], y: dict, where: str, extra: list[str]) -> dict[str, Any] | None:
     """Sample weights by output name; an array applies to every output, as in Keras 3."""
     if sw is None:
         return None
     names = [s.name for s in specs]
     n = _rows(next(iter(y.values())))
     if isinstance(sw, Mapping):
-        extra = [k for k in sw if k not in names]
-        if extra:
-            msg = f"At {where}: sample_weight has key(s) {extra} that are not model outputs. Expected keys in {names}."
-            raise StructureError(msg)
+        extra.extend(str(k) for k in sw if k not in names)
         return {name: _ones_if_none(sw.get(name), n) for name in names}
     if isinstance(sw, (list, tuple)) and len(names) > 1:
         if len(sw) != len(names):

@@ -19,6 +19,7 @@ function's Args. The choices that differ from a plain ``model.fit(generator)``:
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import warnings
 from collections.abc import Mapping
@@ -27,10 +28,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from kseq import _tf_exit
 from kseq.callbacks import stateful_layers, track_states
 from kseq.datasets import Dataset, ModelView
 from kseq.errors import StructureError
 from kseq.legacy.batches import BatchNormaliser
+from kseq.legacy.begin import TrainBegun
 from kseq.legacy.generator import EpochMarker, GeneratorDataset, check_steps
 from kseq.legacy.sequence import SequenceAdapter
 from kseq.structure import ModelStructure
@@ -115,8 +118,11 @@ def fit_generator(
     """
     _refuse_keras1(legacy, "fit_generator")
     _check_queue(workers, use_multiprocessing, max_queue_size)
+    # Nothing is read before the callbacks' on_train_begin: NOTE [ on_train_begin before the first read ]
     train, steps = _dataset(model, generator, steps_per_epoch, "steps_per_epoch", class_weight=class_weight,
-                            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+                            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+                            read_first=False)
+    _refuse_short(generator, steps_per_epoch, epochs - initial_epoch)
     sequence = not isinstance(train, GeneratorDataset)
     if shuffle and sequence and stateful_layers(model):
         msg = (
@@ -130,6 +136,7 @@ def fit_generator(
     use_generic_rnn_path(stateful_layers(model))  # NOTE [ stateful LSTM/GRU on PyTorch in Keras 3.15 ]
     fit_args: dict[str, Any] = {}
     datasets = [train]
+    validation_arrays = False
     if validation_data is not None:
         val, fit_args["validation_data"], val_steps = _validation(
             model, validation_data, validation_steps,
@@ -137,14 +144,24 @@ def fit_generator(
         if val_steps is not None:
             fit_args["validation_steps"] = val_steps
         if val is None:
-            fit_args["validation_batch_size"] = _batch_size(train)
+            validation_arrays = True
         else:
             datasets.append(val)
         fit_args["validation_freq"] = validation_freq
     elif validation_steps is not None:
         _warn("validation_steps has no effect without validation_data", stacklevel=2)
-    return _run(datasets, ["train", "test"], model.fit, train, epochs=epochs, verbose=verbose, callbacks=callbacks,
-                shuffle=bool(shuffle) and sequence, initial_epoch=initial_epoch, steps_per_epoch=steps, **fit_args)
+    begun = []
+    if isinstance(callbacks, (list, tuple)):
+        params = {"verbose": verbose, "epochs": epochs, "steps": steps or len(train)}
+        begun = [TrainBegun(callbacks, model, params)]
+    with contextlib.ExitStack() as stack:
+        for context in begun:
+            stack.enter_context(context)
+        if validation_arrays:  # read after on_train_begin too
+            fit_args["validation_batch_size"] = _batch_size(train)
+        return _run(datasets, ["train", "test"], model.fit, train, epochs=epochs, verbose=verbose,
+                    callbacks=callbacks, shuffle=bool(shuffle) and sequence, initial_epoch=initial_epoch,
+                    steps_per_epoch=steps, **fit_args)
 
 
 def evaluate_generator(
@@ -221,12 +238,16 @@ def predict_generator(
 
 def _dataset(model: Any, data: Any, steps: int | None, argument: str, *, workers: int, use_multiprocessing: bool,
              max_queue_size: int, class_weight: Mapping[Any, Any] | None = None,
-             x_only: bool = False) -> tuple[Any, int | None]:
-    """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length)."""
+             x_only: bool = False, read_first: bool = True) -> tuple[Any, int | None]:
+    """The PyDataset for ``data``, and the ``steps`` to pass on to Keras (``None``: the dataset's length).
+
+    ``read_first=False``: an adapter made here reads no batch now (each is checked as it is read).
+    """
     options = {"model": model, "class_weight": class_weight, "x_only": x_only, "workers": workers,
                "use_multiprocessing": use_multiprocessing, "max_queue_size": max_queue_size}
     if isinstance(data, (GeneratorDataset, SequenceAdapter, Dataset, ModelView)):
         return _prepared(model, data, steps, argument, options)
+    options["read_first"] = read_first
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         adapter = SequenceAdapter(data, **options)
         return adapter, _sequence_steps(steps, len(adapter), argument)
@@ -306,7 +327,7 @@ def _validation(model: Any, data: Any, steps: int | None, **options: Any) -> tup
             "Keras 2 required it too."
         )
         raise StructureError(msg)
-    dataset, val_steps = _dataset(model, data, steps, "validation_steps", **options)
+    dataset, val_steps = _dataset(model, data, steps, "validation_steps", read_first=False, **options)
     return dataset, dataset, val_steps
 
 
@@ -336,6 +357,7 @@ def _run(datasets: list, roles: list, method: Any, data: Any, **kwargs: Any) -> 
                 stack.enter_context(marker)
             return method(data, **kwargs)
     except Exception as e:
+        _tf_exit.collect_now()  # the failed fit's tf.data iterator goes now: NOTE [ tf.data iterators at exit ]
         for dataset in datasets:
             own = getattr(dataset, "last_error", None)
             if own is not None and own is not e:
@@ -352,6 +374,26 @@ def _run(datasets: list, roles: list, method: Any, data: Any, **kwargs: Any) -> 
             )
             raise StructureError(msg) from e
         raise
+
+
+def _refuse_short(generator: Any, steps: Any, epochs: int) -> None:
+    """Refuse, before training, an iterator that says it holds fewer than ``steps x epochs`` batches.
+
+    Only an iterator that knows its length (``operator.length_hint``: a list's iterator, say) can be
+    refused here; a Python generator does not know it, and ends with an error at the step it ran out.
+    """
+    if not (hasattr(generator, "__next__") and isinstance(steps, int) and not isinstance(steps, bool)):
+        return
+    left = operator.length_hint(generator, -1)
+    needed = steps * max(epochs, 0)
+    if 0 <= left < needed:
+        msg = (
+            f"The iterator passed as the generator holds {left} batches, but steps_per_epoch={steps} x "
+            f"{epochs} epochs needs {needed}: fit would fail when it runs out. Expected at least {needed} "
+            f"batches. Lower steps_per_epoch to {max(left // max(epochs, 1), 1)} or epochs, or pass a "
+            "generator that never ends (a `while True:` loop), or a function that returns a new one per epoch."
+        )
+        raise StructureError(msg)
 
 
 def _refuse_keras1(legacy: dict[str, Any], function: str) -> None:

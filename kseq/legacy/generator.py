@@ -52,6 +52,10 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         workers: threads that read batches (``> 1``: Keras's thread pool).
         use_multiprocessing: refused; a generator cannot be shared across processes.
         max_queue_size: as for ``keras.utils.PyDataset``.
+        read_first: with ``model``, read and check batch 0 now (the default); ``False``
+            reads nothing until Keras asks, and checks each batch as it is read
+            (``fit_generator`` does this, so that the first read comes after the
+            callbacks' ``on_train_begin``, as in Keras 2).
 
     Raises:
         StructureError: at construction, for ``use_multiprocessing=True``, a bad
@@ -84,6 +88,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        read_first: bool = True,
     ) -> None:
         if use_multiprocessing:
             msg = (
@@ -105,7 +110,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         steps = check_steps(steps_per_epoch, "steps_per_epoch")
         threads = workers > 1
         self._stream = Stream(generator, steps=steps, replay=0 if threads else REPLAY, slack=workers if threads else 0)
-        self._set_up(model, class_weight, x_only)
+        self._set_up(model, class_weight, x_only, read_first)
 
     # -- the PyDataset protocol --------------------------------------------------
 
@@ -163,11 +168,14 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         self._refuse_threads(model)
         return super().check(model, verbose=verbose)
 
-    def adopt(self, model: Any, *, verbose: bool = False) -> CheckReport:
-        """Check batch 0 and put every batch in ``model``'s structure from now on (what ``model=`` does)."""
+    def adopt(self, model: Any, *, verbose: bool = False, read: bool = True) -> CheckReport | None:
+        """Check batch 0 and put every batch in ``model``'s structure from now on (what ``model=`` does).
+
+        ``read=False``: check each batch only when it is read (see :meth:`NormalisedBatches.adopt`).
+        """
         self._refuse_threads(model)
         self._stream.replay = 0 if self.workers > 1 else max(REPLAY, int(getattr(model, "steps_per_execution", 1)))
-        return super().adopt(model, verbose=verbose)
+        return super().adopt(model, verbose=verbose, read=read)
 
     def _refuse_threads(self, model: Any) -> None:
         if self.workers > 1 and stateful_layers(model):

@@ -33,6 +33,10 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         class_weight: as for :class:`~kseq.legacy.GeneratorDataset`.
         x_only: read batches as ``predict_generator`` did (targets dropped).
         workers, use_multiprocessing, max_queue_size: as for ``keras.utils.PyDataset``.
+        read_first: with ``model``, read and check batch 0 now (the default); ``False``
+            reads nothing until Keras asks, and checks each batch as it is read
+            (``fit_generator`` does this, so that the first read comes after the
+            callbacks' ``on_train_begin``, as in Keras 2).
 
     Example:
         >>> import numpy as np
@@ -57,6 +61,7 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        read_first: bool = True,
     ) -> None:
         if not (hasattr(sequence, "__getitem__") and hasattr(sequence, "__len__")):
             msg = (
@@ -71,7 +76,7 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
                          max_queue_size=integer(max_queue_size, "max_queue_size", minimum=1))
         self.sequence = sequence
         self._in_epoch = False
-        self._set_up(model, class_weight, x_only)
+        self._set_up(model, class_weight, x_only, read_first)
 
     def __len__(self) -> int:
         return len(self.sequence)

@@ -10,7 +10,8 @@ trained nothing (its peeks, below). So kseq counts epochs as *passes over the ba
   pass is ended (``on_epoch_end``) or when a batch it already served is asked for again
   (the next epoch's first request, even if it comes before ``on_epoch_end``: tf.data reads
   ahead, across Keras's epochs under ``steps_per_epoch``, so a Keras epoch may end having
-  asked for nothing; such an end changes nothing);
+  asked for nothing; such an end changes nothing). Until a first batch is asked for, every
+  ``on_epoch_end`` moves to the next epoch, as a loop over ``get_batch`` expects;
 * ``on_epoch_end`` after an incomplete pass of more than :data:`PEEK_BATCHES` batches
   (``fit(steps_per_epoch=k)`` with ``k < len``) leaves the pass open: Keras continues the
   same index stream in its next epoch, so every batch is still served once per epoch. If
@@ -50,11 +51,12 @@ class Position:
         [1, 1, 1, 2]
     """
 
-    __slots__ = ("_ended", "_peeked", "_since_end", "epoch", "in_order", "last", "length", "served")
+    __slots__ = ("_ended", "_peeked", "_requested", "_since_end", "epoch", "in_order", "last", "length", "served")
 
     def __init__(self, length: int, epoch: int = 0) -> None:
         self.length = int(length)
         self.epoch = int(epoch)
+        self._requested = False  # no batch asked for yet: every end is an epoch's (a loop over get_batch)
         self._new_pass()
 
     def _new_pass(self) -> None:
@@ -87,6 +89,7 @@ class Position:
                 self._new_pass()
         if self.last is not None and index != self.last + 1:
             self.in_order = False
+        self._requested = True
         self.served.add(index)
         self._since_end.add(index)
         self.last = index
@@ -94,7 +97,7 @@ class Position:
 
     def end_epoch(self) -> None:
         """``on_epoch_end``: advance after a complete pass, otherwise keep it open (see the NOTE)."""
-        if self.complete:
+        if self.complete or not self._requested:
             self._advance()
             return
         if len(self._since_end) <= PEEK_BATCHES:

@@ -9,7 +9,7 @@ NEXT := .venv-next
 NEXT_PY := $(NEXT)/bin/python
 NEXT_STAMP := $(NEXT)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax test-torch test-next lint bench docs clean
+.PHONY: demo test test-tf test-jax test-torch test-next lint matrix wheel-check bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -51,6 +51,14 @@ $(NEXT_STAMP): $(STAMP) setup.cfg setup.py .ci/requirements.py
 test-next: $(NEXT_STAMP)
 	KERAS_BACKEND=jax $(NEXT_PY) -m pytest -q -m portable tests
 
+# The release checks (noxfile.py), each in fresh venvs under .nox/ with packages from PyPI: the portable suite on
+# Python 3.11-3.13 with the newest releases and with setup.cfg's floors; the built wheel and sdist as users get them.
+matrix: $(STAMP)
+	$(PY) -m nox -s portable
+
+wheel-check: $(STAMP)
+	$(PY) -m nox -s wheel
+
 # The site (mkdocs.yml) into site/, strict: a warning (broken cross-reference, missing page, docstring that
 # does not render) fails the build. tests/test_docs_site.py builds it too, so `make test` checks it.
 docs: $(STAMP)
@@ -61,4 +69,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(NEXT) build site *.egg-info
+	rm -rf $(VENV) $(NEXT) .nox build dist site *.egg-info

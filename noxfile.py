@@ -38,16 +38,18 @@ os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
 
 
 def _pyenv() -> None:
-    """Let pyenv's shims answer python3.11 ... python3.13 (the newest patch release of each it holds)."""
+    """Put pyenv's python3.11 ... python3.13 on PATH (the newest patch release of each it holds), its own bin
+    folders first, and let its shims answer them too (PYENV_VERSION), where pyenv holds them."""
     versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    if "PYENV_VERSION" in os.environ or not versions.is_dir():
+    if not versions.is_dir():
         return
     found = []
     for minor in PYTHONS:
         held = [p for p in versions.glob(f"{minor}.*") if p.name[len(minor) + 1 :].isdigit()]
         if held:
-            found.append(max(held, key=lambda p: int(p.name[len(minor) + 1 :])).name)
-    os.environ["PYENV_VERSION"] = ":".join(found)
+            found.append(max(held, key=lambda p: int(p.name[len(minor) + 1 :])))
+    os.environ["PATH"] = os.pathsep.join([*(str(p / "bin") for p in found), os.environ.get("PATH", "")])
+    os.environ.setdefault("PYENV_VERSION", ":".join(p.name for p in found))
 
 
 _pyenv()

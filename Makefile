@@ -3,8 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kseq-installed
+# The next Keras (setup.cfg's keras-next extra) in a venv of its own: keras-nightly and keras both install the
+# `keras` package, so kseq goes in with --no-deps and its other requirements beside the nightly.
+NEXT := .venv-next
+NEXT_PY := $(NEXT)/bin/python
+NEXT_STAMP := $(NEXT)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax test-torch lint bench docs clean
+.PHONY: demo test test-tf test-jax test-torch test-next lint matrix wheel-check bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,7 +22,7 @@ $(STAMP): $(PY) setup.cfg setup.py
 demo: $(STAMP)
 	$(PY) -m kseq demo
 
-test: $(STAMP) lint test-tf test-jax test-torch
+test: $(STAMP) lint test-tf test-jax test-torch test-next
 
 lint: $(STAMP)
 	$(PY) -m ruff check kseq tests benchmarks
@@ -32,6 +37,28 @@ test-jax: $(STAMP)
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -m portable tests
 
+$(NEXT_STAMP): $(STAMP) setup.cfg setup.py .ci/requirements.py
+	rm -rf $(NEXT)
+	$(PYTHON) -m venv $(NEXT) || python3 -m venv $(NEXT)
+	$(NEXT_PY) -m pip install --quiet --upgrade pip
+	$(NEXT_PY) -m pip install --quiet --no-deps -e .
+	$(PY) .ci/requirements.py next > $(NEXT)/requirements.txt
+	$(NEXT_PY) -m pip install --quiet -r $(NEXT)/requirements.txt
+	KERAS_BACKEND=jax $(NEXT_PY) .ci/requirements.py check-next
+	touch $(NEXT_STAMP)
+
+# The portable suite on JAX with keras-nightly (the keras-next extra); the header line shows its keras version.
+test-next: $(NEXT_STAMP)
+	KERAS_BACKEND=jax $(NEXT_PY) -m pytest -q -m portable tests
+
+# The release checks (noxfile.py), each in fresh venvs under .nox/ with packages from PyPI: the portable suite on
+# Python 3.11-3.13 with the newest releases and with setup.cfg's floors; the built wheel and sdist as users get them.
+matrix: $(STAMP)
+	$(PY) -m nox -s portable
+
+wheel-check: $(STAMP)
+	$(PY) -m nox -s wheel
+
 # The site (mkdocs.yml) into site/, strict: a warning (broken cross-reference, missing page, docstring that
 # does not render) fails the build. tests/test_docs_site.py builds it too, so `make test` checks it.
 docs: $(STAMP)
@@ -42,4 +69,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) build site *.egg-info
+	rm -rf $(VENV) $(NEXT) .nox build dist site *.egg-info

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # the Keras layer and DataFrameSource (pandas), for type chec
     from kseq.structure import ModelStructure
     from kseq.validation import CheckReport, check
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The Keras layer: public name -> the module that defines it (the name itself for a subpackage).
 _LAZY: dict[str, str] = {

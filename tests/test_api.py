@@ -27,6 +27,7 @@ NOTHING_PUBLIC = {
     "kseq.samplers": "re-exports the samplers of its submodules",
     "kseq.workers": "re-exports the loader, config and context of its submodules",
     "kseq.sources._hdf5_read": "private read paths behind HDF5Source (whose examples run them)",
+    "kseq.data": "holds the demo's data files (digits.npz), no code",
 }
 def public_defined(module):
     """The public classes and functions a module defines itself (not those it imports)."""

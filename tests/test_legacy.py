@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import concat_model
+from packaging.version import Version
 
 from kseq import MultiInputDataset
 from kseq.callbacks import stateful_layers, track_states
@@ -577,14 +578,24 @@ class TestKeras2Programs:
 
 
 def test_keras3_alone_rejects_dict_targets_for_a_single_output_list_model():
-    """Why the adapter exists: pin the Keras 3.15 failure it works around.
+    """Why the adapter exists: pin the Keras 3.15 failure it works around, and what the next Keras does.
 
-    TF: 'Expected float32, but got decoder_output of type str'; JAX names the key too; PyTorch
-    converts the dict's key to a string array: 'Invalid dtype: str448'.
+    Keras 3.15 takes the dict's key as the target. TF: 'Expected float32, but got decoder_output of type str';
+    JAX: 'could not convert string to float: 'decoder_output''; PyTorch converts the key to a string array:
+    'Invalid dtype: str448'. keras-nightly 3.16.0.dev2026102704 (`make test`'s keras-next leg, JAX) fails the same
+    way, then its CompileLoss wraps that ValueError in a message built from the target's shape, and the key, a
+    str, has none: an AttributeError whose context is the ValueError naming the key.
     """
     model = two_input_model(("decoder_output",))
     a, b, _ = arrays(0)
     gen, _ = forever(lambda s: ({"a": a, "b": b}, {"decoder_output": np.ones((8, 1), "float32")}))
+    nightly = Version(keras.__version__) >= Version("3.16.0.dev0")
+    if nightly and keras.backend.backend() == "jax":
+        with pytest.raises(AttributeError, match=r"'str' object has no attribute 'shape'") as caught:
+            model.fit(gen, steps_per_epoch=1, shuffle=False, verbose=0)
+        assert isinstance(caught.value.__context__, ValueError)
+        assert "'decoder_output'" in str(caught.value.__context__)
+        return
     with pytest.raises((TypeError, ValueError), match=r"decoder_output|Invalid dtype: str"):
         model.fit(gen, steps_per_epoch=1, shuffle=False, verbose=0)
 

@@ -32,6 +32,7 @@ the first step and names the fix: ``distribution.auto_shard_dataset = False`` wi
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -62,9 +63,9 @@ def release(version: str) -> tuple[int, ...]:
     """
     parts = []
     for piece in version.split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        digits = re.match(r"\d*", piece).group()  # type: ignore[union-attr]  # \d* always matches
         parts.append(int(digits or 0))
-        if not piece.isdigit():
+        if digits != piece:  # "1rc1", "dev2026...": the release ends here
             break
     return tuple(parts)
 

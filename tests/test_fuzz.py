@@ -107,6 +107,16 @@ def _rows(n=12):
     return {"x": rng.normal(size=(n, 3)).astype("float32"), "label": np.arange(n) % 3, "t": np.arange(n) % 2}
 
 
+def _npy_files():
+    paths = []
+    for i in range(3):
+        path = WORK / f"row{i}.npy"
+        if not path.exists():
+            np.save(path, np.full((2, 2), i, "float32"))
+        paths.append(str(path))
+    return paths
+
+
 def _h5():
     path = WORK / "base.h5"
     if not path.exists():
@@ -159,6 +169,7 @@ BASELINES = {
     "CheckReport": lambda: ((_structure(),), {}),
     "DataFrameSource": lambda: ((pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5]}),), {}),
     "Dataset": lambda: ((_rows(),), {"batch_size": 4, "seed": 0}),
+    "FileSource": lambda: ((_npy_files(),), {"load": "npy"}),
     "GeneratorDataset": lambda: ((_generator(), 3), {}),
     "HDF5Source": lambda: ((_h5(),), {}),
     "ModelStructure": lambda: ((), {"input_kind": "dict", "inputs": (), "output_kind": "single", "outputs": ()}),

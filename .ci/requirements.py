@@ -19,7 +19,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 SETUP_CFG = Path(__file__).resolve().parent.parent / "setup.cfg"
-PORTABLE = ("pytest", "hypothesis", "jax")  # the test extra's entries the portable suite needs
+PORTABLE = ("pytest", "hypothesis", "jax", "Pillow")  # the test extra's entries the portable suite needs (Pillow: test_files)
 
 
 def _lines(value: str) -> list[str]:

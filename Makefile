@@ -38,13 +38,14 @@ lint: $(STAMP)
 	$(PY) -m mypy kseq --ignore-missing-imports
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests --ignore=tests/test_exit.py
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not distributed" tests --ignore=tests/test_exit.py
 
 test-exit: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests/test_exit.py
 
+# The multi-process tests (JAX and torch processes of their own) run here, in the lane beside TensorFlow's.
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m portable tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m "portable or distributed" tests
 
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -m portable tests

@@ -265,16 +265,18 @@ def _changed_by_cast(values: np.ndarray, target: np.dtype) -> str | None:
     if values.dtype.kind in "fc":
         bad = ~np.isfinite(values) | (values != np.round(values.real))
         if bad.any():
-            return f"{int(bad.sum())} non-integral value(s), e.g. {values[bad].flat[0]!r}"
+            return f"{int(bad.sum())} non-integral value(s), e.g. {values[bad].flat[0].item()!r}"
     if target.kind == "b":
         bad = (values != 0) & (values != 1)
-        return f"{int(bad.sum())} value(s) other than 0 and 1, e.g. {values[bad].flat[0]!r}" if bad.any() else None
+        if not bad.any():
+            return None
+        return f"{int(bad.sum())} value(s) other than 0 and 1, e.g. {values[bad].flat[0].item()!r}"
     if values.dtype.kind == "b":
         return None
     info = np.iinfo(target)
     low, high = values.real.min(), values.real.max()
     if low < info.min or high > info.max:
-        return f"values from {low!r} to {high!r}, outside {target}'s range [{info.min}, {info.max}]"
+        return f"values from {low.item()!r} to {high.item()!r}, outside {target}'s range [{info.min}, {info.max}]"
     return None
 
 

@@ -10,9 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+from test_resume import Interrupt, small_model
 
 import kseq
 from kseq import KseqError
@@ -26,26 +26,7 @@ def data(rows=40):
     return {"x": rng.normal(size=(rows, 3)).astype("float32"), "y": rng.normal(size=rows).astype("float32")}
 
 
-def model_from(initial=None):
-    x = keras.Input((3,), name="x")
-    model = keras.Model(x, keras.layers.Dense(1)(keras.layers.Dense(4, activation="tanh")(x)))
-    model.compile(keras.optimizers.Adam(0.01), "mse")
-    if initial is not None:
-        model.set_weights(initial)
-    return model
-
-
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise RuntimeError("interrupted")
+model_from = small_model  # test_resume's: a two-layer regression model, optionally with given weights
 
 
 @pytest.mark.portable

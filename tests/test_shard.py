@@ -239,3 +239,30 @@ def test_siamese_positive_fraction_is_exact_on_every_global_batch_of_an_epoch():
                 _x, y, w = shard.get_batch(k, epoch)
                 positives += float(y[w > 0].sum())
             assert positives == float(y_whole.sum()) == np.floor(fraction * real + 0.5), (epoch, k)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_the_sharded_sampler_s_processes_together_give_each_global_batch_in_order(count):
+    """The shard lives in the sampler layer: n ShardedSamplers' rows of batch k, joined, are the sampler's batch k."""
+    from kseq.samplers import ShardedSampler, ShuffleSampler
+
+    sampler = ShuffleSampler(43, batch_size=8, seed=3, drop_remainder=False)
+    shards = [ShardedSampler(sampler, Shard(p, count), 8) for p in range(count)]
+    for epoch in (0, 1):
+        for k in range(len(sampler)):
+            joined = np.concatenate([s.indices(epoch, k) for s in shards])
+            np.testing.assert_array_equal(joined, sampler.indices(epoch, k))
+            assert {len(s) for s in shards} == {len(sampler)}
+
+
+def test_a_caption_shard_s_width_and_mean_scale_come_from_the_whole_global_batch():
+    """Each process pads to the global batch's width and weighs tokens by the global batch's real tokens."""
+    whole = make(CaptionDataset, weighting="mean")
+    parts = [make(CaptionDataset, shard=(p, 2), weighting="mean") for p in range(2)]
+    out = whole.output_name
+    full = [k for k in range(len(whole)) if len(whole.sampler.indices(0, k)) == whole.batch_size]
+    assert len(full) >= 2
+    for k in full:
+        (_, y, w), halves = whole.get_batch(k, 0), [p.get_batch(k, 0) for p in parts]
+        np.testing.assert_array_equal(np.concatenate([h[1][out] for h in halves]), y[out])
+        np.testing.assert_allclose(np.concatenate([h[2][out] for h in halves]), w[out], rtol=1e-6)

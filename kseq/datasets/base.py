@@ -38,7 +38,7 @@ from kseq.samplers import (
     check_batch_size,
     draw_seed,
 )
-from kseq.samplers.shard import Shard, pad_batch, resolve_shard
+from kseq.samplers.shard import Part, Shard, ShardedSampler, resolve_shard
 from kseq.sources import Source, as_source
 from kseq.structure import ModelStructure
 from kseq.take import take
@@ -211,8 +211,9 @@ class Dataset(KerasFacing):
         if tracker.last is None:  # the first batch of a pass: is Keras sharding this dataset too?
             check_keras_sharding(self)
         epoch = tracker.request(index)
-        if self._loader is None:
-            batch = self.get_batch(index, epoch)  # public: a subclass may override it
+        if self._loader is None:  # get_batch is public and a subclass may override it; ours need not check again
+            own = type(self).get_batch is Dataset.get_batch
+            batch = self._batch(index, epoch) if own else self.get_batch(index, epoch)
         else:
             batch = self._loader.get(self.plan, epoch, index, len(self), tracker)
         # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
@@ -294,14 +295,23 @@ class Dataset(KerasFacing):
         return self._batch(batch_index(index, len(self)), self.epoch if epoch is None else int(epoch))
 
     def _batch(self, index: int, epoch: int) -> tuple:
-        global_rows = self.sampler.indices(epoch, index)
-        rows = self.shard.take(global_rows, self.batch_size)
+        part = self.local_sampler.part(epoch, index)
         with batch_context(epoch, index, self):  # NOTE [ global random generators in a batch ]
-            batch = self.build_batch(self.read_rows(rows if len(rows) else global_rows[:1]))
-        batch = _as_batch_tuple(batch, type(self).__name__)
-        if self.shard.single:
-            return batch
-        return pad_batch(batch, self.local_batch_size, len(rows), self.batch_size / len(global_rows))
+            batch = self.build_batch(self.read_part(part))
+        return part.finish(_as_batch_tuple(batch, type(self).__name__))
+
+    def read_part(self, part: Part) -> dict[str, np.ndarray]:
+        """Read this process's rows of a global batch: :meth:`read_rows` of ``part.read`` (a subclass whose
+        rows depend on the whole global batch, as :class:`~kseq.CaptionDataset`'s, reads ``part`` itself)."""
+        return self.read_rows(part.read)
+
+    @property
+    def local_sampler(self) -> ShardedSampler:
+        """:attr:`sampler` cut to this process's shard: where each batch's rows come from."""
+        local = self.__dict__.get("_local_sampler")
+        if local is None or local.sampler is not self.sampler:
+            local = self.__dict__["_local_sampler"] = ShardedSampler(self.sampler, self.shard, self.batch_size)
+        return local
 
     @property
     def local_batch_size(self) -> int:

@@ -40,6 +40,7 @@ from kseq.batching import as_batch
 from kseq.datasets.base import Dataset
 from kseq.errors import StructureError
 from kseq.samplers.caption import CaptionSampler
+from kseq.samplers.shard import Part
 from kseq.sources import ArraySource, Source, as_source
 from kseq.text import TokenTable
 from kseq.validators import integer, one_of
@@ -206,12 +207,20 @@ class CaptionDataset(Dataset):
         real tokens).
         """
         epoch, index = self.batch_position()
+        return self._read(self.local_sampler.part(epoch, index), indices)
+
+    def read_part(self, part: Part) -> dict[str, np.ndarray]:
+        """The rows of this process's part of a global batch: the batch's width and the "mean" scale come
+        from the whole global batch (all shards; NOTE [ shards of a global batch ] in kseq/samplers/shard.py)."""
+        if type(self).read_rows is not CaptionDataset.read_rows:  # a subclass reads its own rows
+            return self.read_rows(part.read)
+        return self._read(part, part.read)
+
+    def _read(self, part: Part, indices: np.ndarray) -> dict[str, np.ndarray]:
+        whole = part.whole
         steps = self.lengths[indices] - 1
-        width = self.batch_width(index, epoch)
+        width = self.batch_width(part.index, part.epoch)
         tokens = self.table.gather(self._rows[indices], width=width + 1, lengths=steps + 1)
-        # "mean" weighting counts the real tokens of the whole global batch (all shards): NOTE [ shards of a
-        # global batch ] in kseq/samplers/shard.py.
-        whole = self.sampler.indices(epoch, index)
         scale = np.float32(len(whole) * width / max(int((self.lengths[whole] - 1).sum()), 1))
         return {"features": self._features(indices), "tokens": tokens, "steps": steps, "mean_scale": scale}
 

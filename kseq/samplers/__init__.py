@@ -5,6 +5,7 @@ from kseq.samplers.block import BlockShuffleSampler, block_permutation
 from kseq.samplers.caption import CaptionSampler
 from kseq.samplers.order import SequentialSampler, ShuffleSampler, epoch_permutation
 from kseq.samplers.pairs import ClassIndex, PairSampler, PKSampler, TripletSampler, positives_in
+from kseq.samplers.shard import Shard, ShardedSampler
 from kseq.samplers.streams import StreamLayout, StreamSampler, stream_layout
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "PairSampler",
     "Sampler",
     "SequentialSampler",
+    "Shard",
+    "ShardedSampler",
     "ShuffleSampler",
     "StreamLayout",
     "StreamSampler",

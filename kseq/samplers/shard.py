@@ -38,7 +38,7 @@ import numpy as np
 from kseq.errors import StructureError
 from kseq.validators import integer
 
-__all__ = ["Shard", "pad_batch", "resolve_shard"]
+__all__ = ["Part", "Shard", "ShardedSampler", "pad_batch", "resolve_shard"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,63 @@ class Shard:
                 f"batch_size={batch_size}. Pass batch_size={upper} (or {max(lower, self.count)})."
             )
             raise StructureError(msg)
+
+
+@dataclass(frozen=True)
+class Part:
+    """This process's part of global batch ``index`` of ``epoch`` (NOTE [ shards of a global batch ]).
+
+    ``whole``: the global batch's rows; ``rows``: this process's (fewer than ``B/n``, or none,
+    in a short last batch); :attr:`read`: what to read (one borrowed row when there is none).
+    """
+
+    epoch: int
+    index: int
+    whole: np.ndarray
+    rows: np.ndarray
+    shard: Shard
+    batch_size: int  # B, the global batch size
+
+    @property
+    def read(self) -> np.ndarray:
+        return self.rows if len(self.rows) else self.whole[:1]
+
+    def finish(self, batch: tuple) -> tuple:
+        """The batch built from :attr:`read`: as is unsharded, else padded to ``B/n`` rows and weighted."""
+        if self.shard.single:
+            return batch
+        size = self.shard.rows_per_batch(self.batch_size)
+        return pad_batch(batch, size, len(self.rows), self.batch_size / len(self.whole))
+
+
+class ShardedSampler:
+    """A sampler of global batches cut to one process's shard: the sampler a dataset's batches come from.
+
+    ``len`` is the global sampler's (every process has as many batches); :meth:`indices` gives this
+    process's rows of a global batch and :meth:`part` what a dataset needs to build and pad it.
+
+    Example:
+        >>> from kseq.samplers import SequentialSampler
+        >>> s = ShardedSampler(SequentialSampler(10, batch_size=4, drop_remainder=False), Shard(1, 2), 4)
+        >>> len(s), s.indices(0, 0).tolist(), s.indices(0, 2).tolist()  # the last global batch is [8, 9]
+        (3, [2, 3], [])
+        >>> part = s.part(0, 2)
+        >>> part.read.tolist(), part.finish(({"x": np.array([8.0])}, np.array([1.0])))[2].tolist()
+        ([8], [0.0, 0.0])
+    """
+
+    def __init__(self, sampler: Any, shard: Shard, batch_size: int) -> None:
+        self.sampler, self.shard, self.batch_size = sampler, shard, batch_size
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def indices(self, epoch: int, batch: int) -> np.ndarray:
+        return self.shard.take(self.sampler.indices(epoch, batch), self.batch_size)
+
+    def part(self, epoch: int, batch: int) -> Part:
+        whole = self.sampler.indices(epoch, batch)
+        return Part(epoch, batch, whole, self.shard.take(whole, self.batch_size), self.shard, self.batch_size)
 
 
 def resolve_shard(shard: Any) -> Shard:

@@ -60,7 +60,7 @@ from typing import Any
 
 from kseq.errors import WorkerError
 from kseq.workers.backend import Done, Key, in_window
-from kseq.workers.context import batch_context, reseed_globals
+from kseq.workers.context import batch_context, leave_globals_alone, reseed_globals
 from kseq.workers.malloc import tune_malloc
 from kseq.workers.pickling import dumps_for_workers
 from kseq.workers.shm import NoSpace, SlotPool, SlotWriter, nameless_file, pid_alive
@@ -409,6 +409,7 @@ def _worker_main(conn: Connection, payload: Any, parent_pid: int, window: Any) -
             conn.send(("fatal", None, traceback.format_exc()))
         return
     writer = SlotWriter()
+    leave_globals_alone()  # _compute reseeds the global generators once per batch; batch_context need not again
     try:
         conn.send(("ready", None, None))
         _serve(conn, sock, dataset, writer, window)

@@ -34,10 +34,12 @@ any backup of a step that named no batch is written.
 
 Not resumed: validation inside an interrupted epoch (the resumed epoch skips it; the next ones run
 it), and other callbacks' per-batch hooks for the resumed batches (a per-batch learning-rate
-schedule would not see them). ``fit(class_weight=...)`` is not visible to a callback: the resumed
-batches train without it; pass class weights to a kseq dataset (``MultiInputDataset(class_weight=...)``),
-which puts them in every batch, replayed ones included. A :class:`~kseq.legacy.GeneratorDataset` cannot
-rewind its generator and is refused.
+schedule would not see them). ``fit(class_weight=...)`` is not visible to a callback (Keras 3.15 and
+3.16 keep it in a local of ``fit``), so the callback takes the same mapping as its own ``class_weight=``
+and trains the replayed batches with ``train_on_batch(..., class_weight=)``, as ``fit`` weighs its own;
+or pass class weights to a kseq dataset (``MultiInputDataset(class_weight=...)``), which puts them in
+every batch, replayed ones included. A :class:`~kseq.legacy.GeneratorDataset` cannot rewind its
+generator and is refused.
 
 # NOTE [ atomic backups ]
 A backup is a directory ``backup-NNNNNN`` in ``backup_dir``, written whole under a temporary name
@@ -63,6 +65,7 @@ import os
 import shutil
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             training batches.
         double_checkpoint: keep the previous backup too, as a fallback if the newest is damaged.
         delete_checkpoint: remove the backups when ``fit`` ends.
+        class_weight: the ``class_weight`` passed to ``fit``, if any: the batches this callback trains
+            itself (the rest of an interrupted epoch) are weighed with it as ``fit`` weighs its own.
+            ``fit`` does not tell a callback its arguments, so pass the same mapping to both.
         fsync: flush each backup to disk before it is put in place. A killed process loses nothing
             either way (its writes are in the page cache); ``False`` saves the flushes' time (a few ms
             a file on a local disk, more on a network one) at the risk that losing the machine
@@ -151,6 +157,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
         fsync: bool = True,
+        class_weight: Mapping[int, float] | None = None,
     ) -> None:
         super().__init__()
         if not os.fspath(backup_dir):
@@ -162,6 +169,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.double_checkpoint = bool(double_checkpoint)
         self.delete_checkpoint = bool(delete_checkpoint)
         self.fsync = bool(fsync)
+        self.class_weight = _check_class_weight(class_weight)
         self.restored: dict[str, Any] | None = None  # {"path", "epoch", "batch"} of the backup restored by fit
         self._epoch = 0
         self._last_batch = -1
@@ -253,7 +261,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         for index in range(start, len(self.dataset)):
             if self._stateful:  # what ResetStates does before batch `index` in fit
                 self._stateful.reset_rows(self.dataset.starts(index))
-            model.train_on_batch(*self._batch(index, epoch))
+            batch = self._batch(index, epoch)
+            if self.class_weight is None:
+                model.train_on_batch(*batch)
+            else:
+                model.train_on_batch(*_unweighted(batch, index), class_weight=self.class_weight)
             self._after_batch(index)
         self.on_epoch_end(epoch)
 
@@ -439,3 +451,31 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_class_weight(class_weight: object) -> dict[int, float] | None:
+    if class_weight is None:
+        return None
+    try:
+        if not isinstance(class_weight, Mapping):
+            raise TypeError
+        return {int(k): float(v) for k, v in class_weight.items()}  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        msg = (
+            "class_weight must be the mapping passed to fit's class_weight, {class index: weight}. Received "
+            f"class_weight={class_weight!r:.120}. Pass e.g. class_weight={{0: 1.0, 1: 5.0}}, or None."
+        )
+        raise KseqError(msg) from None
+
+
+def _unweighted(batch: tuple, index: int) -> tuple:
+    """``(x, y)`` for ``train_on_batch(..., class_weight=)``, which, like ``fit``, refuses sample weights too."""
+    if len(batch) == 3:
+        msg = (
+            f"kseq.BackupAndRestore(class_weight=...) resumes batch {index}, which carries sample weights: Keras "
+            "refuses class_weight with sample weights, in fit and in train_on_batch. Expected batches (x, y). "
+            "Pass the class weights to the dataset instead (MultiInputDataset(class_weight=...)), which multiplies "
+            "them into its sample weights, and drop class_weight from fit and from kseq.BackupAndRestore."
+        )
+        raise KseqError(msg)
+    return batch

@@ -257,6 +257,51 @@ def test_an_interrupted_fit_resumes_at_the_batch_of_its_last_backup(tmp_path, sa
     assert not (tmp_path / "b").exists()  # delete_checkpoint=True removes the backups at the end
 
 
+@pytest.mark.portable
+def test_fit_s_class_weight_given_to_the_callback_weighs_the_resumed_batches_as_fit_does(tmp_path):
+    """fit(class_weight=cw) resumed with BackupAndRestore(class_weight=cw) ends where the uninterrupted run does;
+    without it on the callback, the replayed batches train unweighted and the weights differ."""
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(40, 3)).astype("float32"), "y": (rng.random(40) < 0.3).astype("float32")}
+    weights = {0: 1.0, 1: 4.0}
+
+    def model_(initial=None):
+        x = keras.Input((3,), name="x")
+        model = keras.Model(x, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(4)(x)))
+        model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+        if initial is not None:
+            model.set_weights(initial)
+        return model
+
+    def train(model, backup_dir, interrupt=None, **options):
+        ds = kseq.MultiInputDataset(data, inputs="x", targets="y", batch_size=8, seed=1)
+        view = ds.for_model(model)
+        callbacks = [BackupAndRestore(backup_dir, view, save_freq=1, **options)]
+        callbacks += [] if interrupt is None else [Interrupt(*interrupt)]
+        model.fit(view, epochs=2, shuffle=False, class_weight=weights, callbacks=callbacks, verbose=0)
+
+    initial = model_().get_weights()
+    reference = model_(initial)
+    train(reference, tmp_path / "reference")
+    ends = {}
+    for given in (True, False):
+        model = model_(initial)
+        options = {"class_weight": weights} if given else {}
+        with pytest.raises(RuntimeError, match="interrupted"):
+            train(model, tmp_path / str(given), interrupt=(0, 1), **options)
+        model = model_(initial)
+        train(model, tmp_path / str(given), **options)
+        ends[given] = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights()))
+    assert ends[True] < 1e-6
+    assert ends[False] > 1e-3
+
+
+@pytest.mark.parametrize("class_weight", [[1.0, 4.0], {"a": 1.0}])
+def test_a_class_weight_that_is_not_a_mapping_of_classes_is_refused_with_an_example(tmp_path, class_weight):
+    with pytest.raises(kseq.KseqError, match=r"class_weight must be the mapping.*Received class_weight="):
+        BackupAndRestore(tmp_path, small_dataset(), class_weight=class_weight)
+
+
 class Noisy(kseq.Dataset):
     """A subclass of kseq.Dataset whose batches add noise drawn from the batch's own generator."""
 

@@ -7,8 +7,11 @@ fast). Every loader reads the folder, decodes each file, resizes it to 160 x 160
 batches 64 images, shuffled, with 2 workers, and the epoch's batches are consumed directly (what
 ``fit`` asks of a data pipeline):
 
-* kseq: ``Dataset(FileSource.from_directory(root, image_size=(160, 160)), workers=2,
-  use_multiprocessing=True)``: Pillow in kseq's 2 worker processes, uint8 batches through shared memory;
+* kseq: ``Dataset(FileSource.from_directory(root, image_size=(160, 160), decoder=...), workers=2,
+  use_multiprocessing=True)``, once with Pillow and once with OpenCV (NOTE [ two image decoders ]) in
+  kseq's 2 worker processes, uint8 batches through shared memory;
+* the bound: the same decode and resize (OpenCV, or Pillow without it) in one process with nothing
+  else, times 2: what 2 cores do on this work;
 * tf.data: ``keras.utils.image_dataset_from_directory(root, image_size=(160, 160))``, its map limited to 2
   threads (``threading.private_threadpool_size = 2``) and prefetched; TensorFlow's own JPEG decoder
   and resize; it returns float32 batches, as Keras makes it;
@@ -81,12 +84,12 @@ def write_folder(root: Path, count: int) -> float:
     return total / count
 
 
-def kseq_loader(root: Path) -> Callable[[], int]:
+def kseq_loader(root: Path, decoder: str) -> Callable[[], int]:
     from kseq import FileSource
     from kseq.datasets.base import Dataset
 
-    ds = Dataset(FileSource.from_directory(root, image_size=RESIZE), batch_size=BATCH, seed=0, workers=WORKERS,
-                 use_multiprocessing=True)
+    source = FileSource.from_directory(root, image_size=RESIZE, decoder=decoder)
+    ds = Dataset(source, batch_size=BATCH, seed=0, workers=WORKERS, use_multiprocessing=True)
     (x,) = ds[0]
     if x["image"].shape != (BATCH, *RESIZE, 3) or x["image"].dtype != np.uint8:
         raise AssertionError(f"kseq batch {x['image'].shape} {x['image'].dtype}")
@@ -99,6 +102,24 @@ def kseq_loader(root: Path) -> Callable[[], int]:
             images += len(ds[i][0]["image"])
         ds.on_epoch_end()
         return images
+
+    return epoch
+
+
+def decode_bound(root: Path) -> Callable[[], int]:
+    """What the cores do on this work alone: the files decoded and resized in one process, no batching, no
+    transport, counted twice (2 cores); the rate any 2-worker loader can at best reach here."""
+    from kseq import FileSource
+
+    source = FileSource.from_directory(root, image_size=RESIZE)
+
+    def epoch() -> int:
+        start, images = time.perf_counter(), 0
+        while time.perf_counter() - start < 2.0 and images < len(source):  # 2 s of decoding is plenty
+            source.read(np.arange(images, min(images + BATCH, len(source))))
+            images = min(images + BATCH, len(source))
+        # The caller divides by this epoch's time: report 2x the images, as 2 cores would decode.
+        return WORKERS * images
 
     return epoch
 
@@ -188,7 +209,12 @@ def run(quick: bool = False) -> list[Result]:
         print(f"files: wrote {count} JPEGs of {SIZE}x{SIZE}, {mean_bytes / 1e3:.1f} kB each on average, "
               f"in {time.perf_counter() - start:.0f} s", flush=True)
         loaders: dict[str, Callable[[], int]] = {"tf.data image_dataset_from_directory": tf_loader(root)}
-        loaders["kseq FileSource, 2 processes"] = kseq_loader(root)
+        loaders["kseq FileSource, 2 processes, Pillow"] = kseq_loader(root, "pillow")
+        try:
+            loaders["kseq FileSource, 2 processes, OpenCV"] = kseq_loader(root, "opencv")
+        except OSError:
+            print("files: OpenCV not installed (the opencv extra), its row is left out")
+        loaders["bound: OpenCV decode + resize, 1 process, x2"] = decode_bound(root)
         try:
             loaders["torch DataLoader + Pillow, 2 workers"] = torch_loader(root)
         except ImportError:

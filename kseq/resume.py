@@ -456,16 +456,14 @@ def _fsync(path: Path) -> None:
 def _check_class_weight(class_weight: object) -> dict[int, float] | None:
     if class_weight is None:
         return None
-    try:
-        if not isinstance(class_weight, Mapping):
-            raise TypeError
-        return {int(k): float(v) for k, v in class_weight.items()}  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        msg = (
-            "class_weight must be the mapping passed to fit's class_weight, {class index: weight}. Received "
-            f"class_weight={class_weight!r:.120}. Pass e.g. class_weight={{0: 1.0, 1: 5.0}}, or None."
-        )
-        raise KseqError(msg) from None
+    with contextlib.suppress(TypeError, ValueError):
+        if isinstance(class_weight, Mapping):
+            return {int(k): float(v) for k, v in class_weight.items()}
+    msg = (
+        "class_weight must be the mapping passed to fit's class_weight, {class index: weight}. Received "
+        f"class_weight={class_weight!r:.120}. Pass e.g. class_weight={{0: 1.0, 1: 5.0}}, or None."
+    )
+    raise KseqError(msg)
 
 
 def _unweighted(batch: tuple, index: int) -> tuple:

@@ -61,10 +61,36 @@ class TestReading:
         """image_size=(h, w) gives (h, w, 3) for images of any size, equal to Pillow's bilinear resize."""
         a = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
         b = np.random.default_rng(2).integers(0, 256, (9, 4, 3), dtype=np.uint8)
-        src = FileSource([png(tmp_path / "a.png", a), png(tmp_path / "b.png", b)], image_size=(8, 6))
+        src = FileSource([png(tmp_path / "a.png", a), png(tmp_path / "b.png", b)], image_size=(8, 6),
+                         decoder="pillow")
         assert src.fields["image"] == ((8, 6, 3), np.dtype(np.uint8))
         expected = np.asarray(Image.fromarray(a).resize((6, 8), Image.Resampling.BILINEAR))
         np.testing.assert_array_equal(src.read([0])["image"][0], expected)
+
+    def test_opencv_decodes_the_pixels_pillow_does_and_resizes_without_antialiasing(self, tmp_path):
+        """The same JPEG and PNG decode to the same array in both decoders; OpenCV's resize is cv2.INTER_LINEAR."""
+        cv2 = pytest.importorskip("cv2")
+        rng = np.random.default_rng(3)
+        paths = [png(tmp_path / "a.png", picture(1, rng, (20, 30)))]
+        Image.fromarray(picture(2, rng, (20, 30))).save(tmp_path / "b.jpg", quality=90)
+        paths.append(str(tmp_path / "b.jpg"))
+        fast, slow = FileSource(paths, decoder="opencv"), FileSource(paths, decoder="pillow")
+        assert (fast.decoder, slow.decoder) == ("opencv", "pillow")
+        np.testing.assert_array_equal(fast.read([0, 1])["image"], slow.read([0, 1])["image"])
+        resized = FileSource(paths, decoder="opencv", image_size=(8, 12)).read([0, 1])["image"]
+        expected = [cv2.resize(a, (12, 8), interpolation=cv2.INTER_LINEAR) for a in slow.read([0, 1])["image"]]
+        np.testing.assert_array_equal(resized, np.stack(expected))
+        grey = FileSource(paths, decoder="opencv", color_mode="grayscale").read([0])["image"]
+        assert grey.shape == (1, 20, 30, 1)
+
+    def test_auto_takes_opencv_where_it_can_and_pillow_for_the_rest(self, tmp_path):
+        pytest.importorskip("cv2")
+        path = [png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))]
+        assert FileSource(path).decoder == "opencv"
+        assert FileSource(path, color_mode="rgba").decoder == "pillow"
+        assert FileSource(path, interpolation="hamming", image_size=(2, 2)).decoder == "pillow"
+        with pytest.raises(SourceError, match=r"decoder='opencv' reads color_mode .*Received color_mode='rgba'"):
+            FileSource(path, decoder="opencv", color_mode="rgba")
 
     def test_grayscale_has_one_channel(self, tmp_path):
         """color_mode="grayscale" converts colour files to one channel."""
@@ -119,17 +145,23 @@ class TestReading:
         assert len(blob) < 200 * len(src)  # 36 images of 64x64x3 would be 442 kB
         np.testing.assert_array_equal(pickle.loads(blob).read([5, 30])["image"], src.read([5, 30])["image"])
 
-    def test_missing_pillow_names_the_extra(self, tmp_path):
-        """Without Pillow, construction fails with the extra to install."""
+    @pytest.mark.parametrize(("hidden", "decoder", "extra"), [
+        ("PIL", "pillow", "images"), ("cv2", "opencv", "opencv"), ("cv2", "auto", None), ("PIL", "auto", "images"),
+    ])
+    def test_a_missing_decoder_names_its_extra(self, tmp_path, hidden, decoder, extra):
+        """Without Pillow (or OpenCV), construction fails with the extra to install; auto falls back to Pillow.
+        ("PIL", "auto") reads on OpenCV where it is installed: hidden too, nothing decodes."""
         png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
+        hide = "'PIL', 'cv2'" if (hidden, decoder) == ("PIL", "auto") else repr(hidden)
         code = (
-            "import sys; sys.modules['PIL'] = None\n"
+            f"import sys\nfor m in [{hide}]: sys.modules[m] = None\n"
             "from kseq import FileSource\n"
-            f"try:\n    FileSource([{str(tmp_path / 'a.png')!r}])\nexcept OSError as e:\n    print(e)\n"
+            f"try:\n    print(FileSource([{str(tmp_path / 'a.png')!r}], decoder={decoder!r}).decoder)\n"
+            "except OSError as e:\n    print(e)\n"
         )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-        assert "pip install 'kseq[images]'" in out.stdout, out.stderr
+        assert (f"pip install 'kseq[{extra}]'" if extra else "pillow") in out.stdout, out.stderr
 
 
 def load_noting_pid(path):
@@ -184,10 +216,11 @@ class TestBadFiles:
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "b.jpg")
         data = (tmp_path / "b.jpg").read_bytes()
         (tmp_path / "b.jpg").write_bytes(data[: len(data) // 2])
-        src = FileSource([good, str(tmp_path / "b.jpg")], image_size=(4, 4))
-        src.read([0])
-        with pytest.raises(SourceError, match=r"Row 1, file '.*b\.jpg' cannot be read .*on_error='skip'"):
-            src.read([0, 1])
+        for decoder in ("pillow", "opencv"):
+            src = FileSource([good, str(tmp_path / "b.jpg")], image_size=(4, 4), decoder=decoder)
+            src.read([0])
+            with pytest.raises(SourceError, match=r"Row 1, file '.*b\.jpg' cannot be read .*on_error='skip'"):
+                src.read([0, 1])
 
     def test_another_shape_without_resize_names_row_and_the_fix(self, tmp_path):
         """Without image_size every image must have the first one's size; another names row, shapes and fix."""

@@ -291,7 +291,8 @@ def test_fit_s_class_weight_given_to_the_callback_weighs_the_resumed_batches_as_
             train(model, tmp_path / str(given), interrupt=(0, 1), **options)
         model = model_(initial)
         train(model, tmp_path / str(given), **options)
-        ends[given] = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights()))
+        pairs = zip(model.get_weights(), reference.get_weights(), strict=True)
+        ends[given] = max(float(np.abs(a - b).max()) for a, b in pairs)
     assert ends[True] < 1e-6
     assert ends[False] > 1e-3
 

@@ -86,6 +86,11 @@ class FileSource:
             ``keras.utils.image_dataset_from_directory``.
         interpolation: the resize filter: ``"bilinear"``, ``"nearest"``, ``"bicubic"``, ``"lanczos"``,
             ``"box"`` or ``"hamming"``.
+        decoder: ``"auto"``: OpenCV where it is installed (``pip install 'kseq[opencv]'``) and does the
+            ``color_mode`` and ``interpolation`` asked, Pillow otherwise; ``"pillow"`` or ``"opencv"`` to
+            pin one. The same file decodes to the same pixels in both; a resize differs (OpenCV's does
+            not antialias, as ``tf.image.resize`` in Keras's image loader; Pillow's does). See NOTE [ two
+            image decoders ] in :mod:`kseq.sources._decode`. :attr:`decoder` says which one reads.
         root: the folder relative paths start from (default: the current directory).
         on_error: ``"raise"``: a bad file raises a SourceError naming it and its row; ``"skip"``:
             its row is zeros with ``"{field}_ok"`` 0, and it is logged (NOTE [ bad files ]).
@@ -119,6 +124,7 @@ class FileSource:
         image_size: tuple[int, int] | None = None,
         color_mode: str = "rgb",
         interpolation: str = "bilinear",
+        decoder: Literal["auto", "pillow", "opencv"] = "auto",
         root: str | os.PathLike | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         check_files: bool = True,
@@ -131,6 +137,8 @@ class FileSource:
         self.image_size = _check_size(image_size, load)
         self.color_mode = one_of(color_mode, "color_mode", tuple(_decode.COLOR_MODES))
         self.interpolation = one_of(interpolation, "interpolation", _decode.INTERPOLATIONS)
+        one_of(decoder, "decoder", _decode.DECODERS)
+        self.decoder = _decode.choose_decoder(decoder, self.color_mode, self.interpolation) if load == "image" else None
         self.on_error = one_of(on_error, "on_error", ("raise", "skip"))
         self.paths = _absolute(paths, root)
         self.columns = _columns(columns, len(self.paths), self.field)
@@ -269,6 +277,7 @@ class FileSource:
     def __repr__(self) -> str:
         shape = ", ".join(map(str, self._shape))
         extra = "" if self.columns is None else f", columns={sorted(self.columns.fields)}"
+        extra += "" if self.decoder is None else f", decoder={self.decoder!r}"
         return (
             f"FileSource({len(self)} files, {self.field}: ({shape}) {self._dtype}{extra}, on_error={self.on_error!r})"
         )
@@ -331,7 +340,8 @@ class FileSource:
 
     def _decode(self, path: str) -> np.ndarray:
         if self.load == "image":
-            return _decode.read_image(path, self.image_size, self.color_mode, self.interpolation)
+            read = _decode.read_image_opencv if self.decoder == "opencv" else _decode.read_image
+            return read(path, self.image_size, self.color_mode, self.interpolation)
         if self.load == "npy":
             return _decode.read_npy(path)
         return _decode.call_load(self.load, path)  # type: ignore[arg-type]
@@ -341,9 +351,12 @@ class FileSource:
         path = self.paths[row]
         try:
             if self.load == "image":
-                _decode.pillow()  # missing Pillow is an error here, not a bad file in every row later
                 channels = _decode.COLOR_MODES[self.color_mode][1]
-                size = self.image_size or _decode.image_header(path)
+                if self.decoder == "opencv":  # Pillow may be absent: decode the first image once
+                    size = self.image_size or self._decode(path).shape[:2]
+                else:
+                    _decode.pillow()  # missing Pillow is an error here, not a bad file in every row later
+                    size = self.image_size or _decode.image_header(path)
                 return (*size, channels), np.dtype(np.uint8)
             if self.load == "npy":
                 return _decode.npy_header(path)

@@ -116,6 +116,11 @@ class Plan:
     def dataset(self) -> Any:
         return self._held if self._ref is None else self._ref()
 
+    @property
+    def seed(self) -> int:
+        """The dataset's seed: a worker process reseeds the global generators from it for every batch."""
+        return getattr(self.dataset, "seed", 0)
+
     def get_batch(self, index: int, epoch: int) -> Any:
         dataset = self.dataset
         if dataset is None:

@@ -36,10 +36,10 @@ class Backend(Protocol):
     ``set_window(e)`` tells workers to skip requests outside epochs ``e`` and ``e + 1``.
     ``poll`` raises :class:`~kseq.errors.WorkerError` when the pool itself broke
     (a worker died); a batch that raised comes back as an ``"error"`` :class:`Done`.
-    ``overdue(t)`` names a batch a worker has computed for more than ``t`` seconds, with
-    where the worker is (its stack); ``notices()`` returns ``(kind, text)`` pairs the
-    loader warns about once (a pool that ran short of shared memory, a global generator
-    moved by a worker thread).
+    ``overdue(t, wanted)`` names a batch a worker has computed for more than ``t`` seconds
+    (``wanted`` first, if it is late), with where the worker is (its stack); ``notices()``
+    returns ``(kind, text)`` pairs the loader warns about once (a pool that ran short of
+    shared memory, a global generator moved by a worker thread).
 
     Example:
         >>> import time
@@ -69,7 +69,7 @@ class Backend(Protocol):
 
     def discard(self, done: Done) -> None: ...
 
-    def overdue(self, timeout: float) -> tuple[Key, str] | None: ...
+    def overdue(self, timeout: float, wanted: Key | None = None) -> tuple[Key, str] | None: ...
 
     def notices(self) -> list[tuple[str, str]]: ...
 

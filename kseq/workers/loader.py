@@ -184,7 +184,7 @@ class BatchLoader:
         return done
 
     def _check_overdue(self, pool: Backend, timeout: float, wanted: Key) -> None:
-        late = pool.overdue(timeout)
+        late = pool.overdue(timeout, wanted)
         if late is None:
             return
         (epoch, index), where = late

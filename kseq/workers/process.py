@@ -213,13 +213,14 @@ class ProcessPool:
         if done.status == "ok" and done.value[0] is not None:
             self._slots.release(done.value[0])
 
-    def overdue(self, timeout: float) -> tuple[Key, str] | None:
-        """The batch a worker has computed for more than ``timeout`` s, if any, with the worker and its stack."""
+    def overdue(self, timeout: float, wanted: Key | None = None) -> tuple[Key, str] | None:
+        """The batch a worker has computed for more than ``timeout`` s, if any, with the worker and its stack:
+        ``wanted`` if it is late, else the longest running."""
         now = time.monotonic()
         late = [w for w in self._workers if w.ready and w.busy and now - w.since > timeout]
         if not late:
             return None
-        worker = max(late, key=lambda w: now - w.since)
+        worker = max(late, key=lambda w: (w.busy[0] == wanted, now - w.since))
         epoch, index = worker.busy[0]
         where = (
             f"{worker} has been computing batch {index} of epoch {epoch} for {now - worker.since:.1f} s. "

@@ -76,14 +76,15 @@ class ThreadPool:
     def discard(self, done: Done) -> None:
         pass
 
-    def overdue(self, timeout: float) -> tuple[Key, str] | None:
-        """The batch a thread has computed for more than ``timeout`` s, if any, with the thread's stack."""
+    def overdue(self, timeout: float, wanted: Key | None = None) -> tuple[Key, str] | None:
+        """The batch a thread has computed for more than ``timeout`` s, if any, with the thread's stack: ``wanted``
+        if it is late, else the longest running (threads start their clocks in whatever order they get the CPU)."""
         now = time.monotonic()
         running = list(self._running.items())
         late = [(now - start, key, ident) for key, (ident, start) in running if now - start > timeout]
         if not late:
             return None
-        seconds, key, ident = max(late)
+        seconds, key, ident = max(late, key=lambda entry: (entry[1] == wanted, entry[0]))
         frame = sys._current_frames().get(ident)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(the thread has just finished)"
         where = (

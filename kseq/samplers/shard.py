@@ -95,6 +95,14 @@ class Part:
 
     ``whole``: the global batch's rows; ``rows``: this process's (fewer than ``B/n``, or none,
     in a short last batch); :attr:`read`: what to read (one borrowed row when there is none).
+
+    Example:
+        >>> part = Part(0, 2, whole=np.array([8, 9]), rows=np.array([], int), shard=Shard(1, 2), batch_size=4)
+        >>> part.read.tolist()  # process 1 has no row of the short last batch: it borrows one to shape its padding
+        [8]
+        >>> x, y, w = part.finish(({"x": np.array([8.0])}, np.array([1.0])))
+        >>> x["x"].tolist(), w.tolist()
+        ([0.0, 0.0], [0.0, 0.0])
     """
 
     epoch: int

@@ -9,7 +9,7 @@ NEXT := .venv-next
 NEXT_PY := $(NEXT)/bin/python
 NEXT_STAMP := $(NEXT)/.kseq-installed
 
-.PHONY: demo test test-tf test-jax test-torch test-next test-exit lanes second-lane lint matrix wheel-check bench docs clean
+.PHONY: demo test test-tf test-tf-second test-jax test-torch test-next test-exit lanes second-lane lint matrix wheel-check bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,23 +22,31 @@ $(STAMP): $(PY) setup.cfg setup.py
 demo: $(STAMP)
 	$(PY) -m kseq demo
 
-# Two lanes on two cores: the TensorFlow suite, and beside it the JAX and PyTorch legs and the keras-next leg. Each
-# lane's output is printed whole when it ends. tests/test_exit.py (50 fresh TensorFlow processes beside a busy core)
-# is `make test-exit`, which .ci/run runs beside `make matrix`.
-test: $(STAMP) lint
+# Two lanes on two cores: the TensorFlow suite, and beside it the lint, the JAX and PyTorch legs, the keras-next leg
+# and a part of the TensorFlow suite (TF_SECOND: the documentation site and one notebook) that evens the lanes out.
+# Each lane's output is printed whole when it ends. tests/test_exit.py (50 fresh TensorFlow processes beside a busy
+# core) is `make test-exit`, which .ci/run runs beside `make matrix`.
+test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
 
 lanes: test-tf second-lane
 
 second-lane: $(STAMP)
-	$(MAKE) --no-print-directory -j1 test-jax test-torch test-next
+	$(MAKE) --no-print-directory -j1 lint test-jax test-torch test-tf-second test-next
+
+TF_SECOND := tests/test_docs_site.py tests/test_notebooks.py
+TF_SECOND_K := test_docs_site or (test_notebooks and image_files)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kseq tests benchmarks
 	$(PY) -m mypy kseq --ignore-missing-imports
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not distributed" tests --ignore=tests/test_exit.py
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not distributed" tests --ignore=tests/test_exit.py \
+		-k "not ($(TF_SECOND_K))"
+
+test-tf-second: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(TF_SECOND) -k "$(TF_SECOND_K)"
 
 test-exit: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests/test_exit.py

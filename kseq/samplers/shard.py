@@ -89,7 +89,6 @@ class Shard:
             raise StructureError(msg)
 
 
-@dataclass(frozen=True)
 class Part:
     """This process's part of global batch ``index`` of ``epoch`` (NOTE [ shards of a global batch ]).
 
@@ -105,12 +104,12 @@ class Part:
         ([0.0, 0.0], [0.0, 0.0])
     """
 
-    epoch: int
-    index: int
-    whole: np.ndarray
-    rows: np.ndarray
-    shard: Shard
-    batch_size: int  # B, the global batch size
+    __slots__ = ("batch_size", "epoch", "index", "rows", "shard", "whole")  # one per batch: a plain class is cheap
+
+    def __init__(self, epoch: int, index: int, whole: np.ndarray, rows: np.ndarray, shard: Shard,
+                 batch_size: int) -> None:
+        self.epoch, self.index, self.whole, self.rows = epoch, index, whole, rows
+        self.shard, self.batch_size = shard, batch_size  # batch_size: B, the global batch size
 
     @property
     def read(self) -> np.ndarray:

@@ -23,6 +23,12 @@ where the dataset gives none. Batches without targets (``predict``) are padded a
 have no weights: drop the padding rows of the last batch from the predictions.
 ``drop_remainder=True`` leaves the last global batch out instead, on every process alike.
 ``B`` must be a multiple of ``n``: refused at construction otherwise.
+
+All of this lives here, in the sampler layer: a dataset reads its batches from
+``ShardedSampler(sampler, shard, B)`` (``ds.local_sampler``), whose :class:`Part` of each
+global batch says which rows to read and pads and weighs the batch built from them. A
+dataset whose rows depend on the whole global batch (``CaptionDataset``: the batch's width
+and the "mean" token weight) reads ``part.whole``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,13 +98,18 @@ def kseq_loader(root: Path, decoder: str) -> Callable[[], int]:
 
     def epoch() -> int:
         ds.close()  # a cold start, as the others have: no batches decoded ahead during another loader's turn
-        images = 0
-        for i in range(len(ds)):
-            images += len(ds[i][0]["image"])
-        ds.on_epoch_end()
-        return images
+        return _epoch_images(ds)
 
     return epoch
+
+
+def _epoch_images(ds: Any) -> int:
+    """One epoch of a kseq dataset of images, read in order: the number of images."""
+    images = 0
+    for i in range(len(ds)):
+        images += len(ds[i][0]["image"])
+    ds.on_epoch_end()
+    return images
 
 
 def decode_bound(root: Path) -> Callable[[], int]:
@@ -129,15 +135,7 @@ def packed_loader(path: Path) -> Callable[[], int]:
     from kseq.sources import HDF5Source
 
     ds = Dataset(HDF5Source(path), batch_size=BATCH, seed=0)
-
-    def epoch() -> int:
-        images = 0
-        for i in range(len(ds)):
-            images += len(ds[i][0]["image"])
-        ds.on_epoch_end()
-        return images
-
-    return epoch
+    return lambda: _epoch_images(ds)
 
 
 def tf_loader(root: Path, fmt: str = "tf") -> Callable[[], int]:

@@ -51,6 +51,14 @@ class Slow(Failing):
 
 def caught(error):
     print("CAUGHT", type(error).__name__, flush=True)
+
+def fit_expecting(ds, message):
+    \"\"\"One epoch of a small model on ds, which must raise an error naming message.\"\"\"
+    try:
+        small_model().fit(ds, epochs=1, shuffle=False, verbose=0)
+    except Exception as e:
+        assert message in str(e), e
+        caught(e)
 """
 
 PATTERNS = {
@@ -88,28 +96,16 @@ PATTERNS = {
     "worker_process_error": """
         ds = Failing({"x": np.arange(64.0)}, batch_size=8, shuffle=False, workers=2, use_multiprocessing=True,
                      start_method="fork")
-        try:
-            small_model().fit(ds, epochs=1, shuffle=False, verbose=0)
-        except Exception as e:
-            assert "a bad row" in str(e), e
-            caught(e)
+        fit_expecting(ds, "a bad row")
     """,
     "worker_thread_error": """
         ds = Failing({"x": np.arange(64.0)}, batch_size=8, shuffle=False, workers=2)
-        try:
-            small_model().fit(ds, epochs=1, shuffle=False, verbose=0)
-        except Exception as e:
-            assert "a bad row" in str(e), e
-            caught(e)
+        fit_expecting(ds, "a bad row")
     """,
     "timeout": """
         ds = Slow({"x": np.arange(64.0)}, batch_size=8, shuffle=False, workers=2, use_multiprocessing=True,
                   start_method="fork", timeout=3)
-        try:
-            small_model().fit(ds, epochs=1, shuffle=False, verbose=0)
-        except Exception as e:
-            assert "longer than timeout=3" in str(e), e
-            caught(e)
+        fit_expecting(ds, "longer than timeout=3")
     """,
 }
 

@@ -309,7 +309,7 @@ class Dataset(KerasFacing):
     def local_sampler(self) -> ShardedSampler:
         """:attr:`sampler` cut to this process's shard: where each batch's rows come from."""
         local = self.__dict__.get("_local_sampler")
-        if local is None or local.sampler is not self.sampler:
+        if local is None:
             local = self.__dict__["_local_sampler"] = ShardedSampler(self.sampler, self.shard, self.batch_size)
         return local
 
@@ -371,6 +371,7 @@ class Dataset(KerasFacing):
         self.close()  # workers hold the old order
         self.seed, self._sampler, self._fingerprint, self._position = int(seed), None, None, None
         self.__dict__.pop("_plan", None)
+        self.__dict__.pop("_local_sampler", None)  # it holds the old sampler
 
     def batch_position(self) -> tuple[int, int]:
         """``(epoch, index)`` of the batch being built, inside :meth:`read_rows` or :meth:`build_batch`.

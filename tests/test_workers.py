@@ -108,6 +108,10 @@ class Brief(Slow):
     delay = 0.2
 
 
+class Instant(Slow):
+    delay = 0.0
+
+
 class Recording(Dataset):
     """Records every (epoch, index) it computes (threads share the list)."""
 
@@ -370,17 +374,27 @@ class TestPool:
         errors = []
         monkeypatch.setattr(sys, "unraisablehook", errors.append)
         monkeypatch.setattr(threading, "excepthook", errors.append)
-        def pool_threads():  # only kseq's: other libraries (TF, JAX) start threads of their own at any time
-            return {t for t in threading.enumerate() if t.name.startswith("kseq-worker")}
-
-        before = pool_threads()
+        before = kseq_threads()
         ds = Brief({"x": np.arange(80)}, batch_size=8, shuffle=False, workers=2, max_queue_size=4)
         ds[0]
-        assert pool_threads() - before
+        assert kseq_threads() - before
         del ds
-        assert wait_for(lambda: pool_threads() <= before, 30.0), f"still running: {pool_threads() - before}"
+        assert wait_for(lambda: kseq_threads() <= before, 30.0), f"still running: {kseq_threads() - before}"
         gc.collect()
         assert errors == []
+
+    def test_every_dropped_thread_dataset_ends_its_threads(self):
+        """A batch queued behind the last running one finds the dataset gone; its threads end all the same.
+
+        Instant batches make that common: with the plan as the pool's owner 9 to 30 drops of 50 kept their threads
+        for the life of the process (NOTE [ the pool ends with its owner ]).
+        """
+        before = kseq_threads()
+        for drop in range(25):
+            ds = Instant({"x": np.arange(800)}, batch_size=8, shuffle=False, workers=2, max_queue_size=64)
+            ds[0]
+            del ds
+            assert wait_for(lambda: kseq_threads() <= before, 10.0), f"drop {drop}: {kseq_threads() - before} run on"
 
     def test_a_closed_dataset_starts_a_new_pool_on_demand(self):
         ds = jittered(**PROCESSES)
@@ -543,6 +557,11 @@ class TestFaults:
 
 
 # -- prefetching ---------------------------------------------------------------------------------
+
+
+def kseq_threads():
+    """kseq's worker threads now running (only kseq's: other libraries, TF and JAX, start threads at any time)."""
+    return {t for t in threading.enumerate() if t.name.startswith("kseq-worker")}
 
 
 def wait_for(condition, seconds=10.0):

@@ -94,7 +94,7 @@ class Plan:
 
     Pickled as a copy of the dataset's state in its plain class (NOTE [ a Keras class only where ...]). In the
     process that built the dataset a plan holds it weakly (the dataset holds its plan, and its worker pool ends
-    when the dataset is dropped); a plan unpickled in a worker holds its copy.
+    when the dataset is dropped: NOTE [ the pool ends with its owner ]); a plan unpickled in a worker holds its copy.
 
     Example:
         >>> import pickle, sys, numpy as np, kseq

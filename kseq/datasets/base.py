@@ -215,7 +215,7 @@ class Dataset(KerasFacing):
             own = type(self).get_batch is Dataset.get_batch
             batch = self._batch(index, epoch) if own else self.get_batch(index, epoch)
         else:
-            batch = self._loader.get(self.plan, epoch, index, len(self), tracker)
+            batch = self._loader.get(self.plan, epoch, index, len(self), tracker, owner=self)
         # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
         return batch if (structure := getattr(self, "_structure", None)) is None else structure.adapt(batch)
 

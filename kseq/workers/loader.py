@@ -26,6 +26,18 @@ warns once, with the directory and the fix (more shared memory, a smaller
 ``max_queue_size``, or ``KSEQ_SHM_DIR`` naming a larger directory). Data is never wrong:
 a slot is only ever written whole, and a batch in the pipe is the batch itself.
 
+# NOTE [ the pool ends with its owner ]
+A dataset gives its workers a plan (``Dataset.plan``), which holds the dataset weakly,
+and names itself the pool's owner: the pool closes when the dataset is collected.
+It must not close when the plan is collected: the threads' queued work items hold
+the plan, and a work item that finds the dataset gone ends in an error result whose
+traceback holds the plan again, kept by the pool that the finalizer would close.
+With the plan as owner a thread dataset dropped mid-flight kept its threads for the
+life of the process whenever its last running batch ended before the next queued one
+started (9 to 30 drops of 50 here, with instant batches). The owner is never queued,
+so its collection is the moment nobody can use the pool; the finalizer runs in the
+thread that dropped it, a worker thread included (``ThreadPool.close``).
+
 # NOTE [ timeout ]
 With ``timeout=`` the loader, while it waits for a batch, asks the pool whether any
 worker has spent longer than that on its current batch (the clock starts when the
@@ -104,17 +116,20 @@ class BatchLoader:
         pool = self._pool
         return [] if pool is None else pool.pids()
 
-    def get(self, dataset: Any, epoch: int, index: int, length: int, position: Position | None = None) -> Any:
+    def get(
+        self, dataset: Any, epoch: int, index: int, length: int, position: Position | None = None, *, owner: Any = None
+    ) -> Any:
         """Batch ``index`` of ``epoch``, computed by a worker; raises :class:`WorkerError` when it failed.
 
         ``position``: the dataset's own tracker, which has recorded this request already; the loader
-        reads the pass from it to prefetch (without one it keeps its own).
+        reads the pass from it to prefetch (without one it keeps its own). ``owner``: the object whose
+        collection closes the pool (default ``dataset``; NOTE [ the pool ends with its owner ]).
         """
         with self._lock:
             if position is not None:
                 self._position, self._follows = position, True
             try:
-                done = self._fetch(dataset, epoch, index, length)
+                done = self._fetch(dataset, epoch, index, length, dataset if owner is None else owner)
             except BaseException:  # a broken pool, Ctrl-C, or a start that failed: stop every worker
                 self.close(graceful=False)
                 raise
@@ -164,8 +179,8 @@ class BatchLoader:
                 for key in [k for k in self._ready if not self._useful(k)]:
                     self._pool.discard(self._ready.pop(key))
 
-    def _fetch(self, dataset: Any, epoch: int, index: int, length: int) -> Done:
-        pool = self._ensure_started(dataset)
+    def _fetch(self, dataset: Any, epoch: int, index: int, length: int, owner: Any) -> Done:
+        pool = self._ensure_started(dataset, owner)
         self._begin(epoch, index, length)
         key = (epoch, index)
         if key not in self._ready and key not in self._pending:
@@ -206,7 +221,7 @@ class BatchLoader:
                 text = _short_of_memory_message(text, self.config)
             warnings.warn(text, stacklevel=_WARN_STACKLEVEL - 1)
 
-    def _ensure_started(self, dataset: Any) -> Backend:
+    def _ensure_started(self, dataset: Any, owner: Any) -> Backend:
         if self._pool is not None:
             return self._pool
         if self.config.mode == "processes":
@@ -223,7 +238,7 @@ class BatchLoader:
         else:
             self._pool = ThreadPool(workers=self.config.workers)
         if self._finalizer is None or not self._finalizer.alive:
-            self._finalizer = weakref.finalize(dataset, self.close)
+            self._finalizer = weakref.finalize(owner, self.close)
         return self._pool
 
     def _begin(self, epoch: int, index: int, length: int) -> None:

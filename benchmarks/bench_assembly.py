@@ -1,4 +1,5 @@
-"""Batch assembly in memory: MultiInputDataset vs numpy fancy indexing, a per-sample PyDataset and tf.data;
+"""Batch assembly in memory: MultiInputDataset vs numpy fancy indexing, numpy ``take`` (the gather kseq's
+ArraySource uses, so the ratio to it is kseq's own cost per batch), a per-sample PyDataset and tf.data;
 and `model.fit` steps/s fed by MultiInputDataset vs numpy arrays, with glibc's malloc as TensorFlow leaves it
 and after ``kseq.tune_malloc()``.
 
@@ -71,13 +72,23 @@ class Precomputed(keras.utils.PyDataset):
         return self.batches[i]
 
 
-def _epoch_numpy(data: dict[str, np.ndarray], epoch: list[int]) -> None:
+def _order_slices(data: dict[str, np.ndarray], epoch: list[int]) -> list[np.ndarray]:
+    """The batches' row indices of the next epoch (a new order each epoch, as kseq's shuffle), drawn up front."""
     n = len(data["label"])
     order = np.random.default_rng([0, epoch[0]]).permutation(n)
     epoch[0] += 1
-    for start in range(0, n, BATCH):
-        idx = order[start : start + BATCH]
+    return [order[start : start + BATCH] for start in range(0, n, BATCH)]
+
+
+def _epoch_numpy(data: dict[str, np.ndarray], epoch: list[int]) -> None:
+    for idx in _order_slices(data, epoch):
         ({"features": data["features"][idx], "tokens": data["tokens"][idx]}, data["label"][idx])
+
+
+def _epoch_take(data: dict[str, np.ndarray], epoch: list[int]) -> None:
+    """As :func:`_epoch_numpy`, gathering rows with ``ndarray.take`` as kseq's ArraySource does."""
+    for idx in _order_slices(data, epoch):
+        ({"features": data["features"].take(idx, 0), "tokens": data["tokens"].take(idx, 0)}, data["label"][idx])
 
 
 def _epoch_dataset(ds: keras.utils.PyDataset) -> None:
@@ -155,6 +166,7 @@ def run(quick: bool = False) -> list[Result]:
     kseq_ds = MultiInputDataset(data, inputs=["features", "tokens"], targets="label", batch_size=BATCH, seed=0)
     epochs = {
         "numpy fancy indexing": lambda e=[0]: _epoch_numpy(data, e),
+        "numpy take (the gather kseq uses)": lambda e=[0]: _epoch_take(data, e),
         "kseq MultiInputDataset": lambda: _epoch_dataset(kseq_ds),
         "per-sample PyDataset": lambda: _epoch_dataset(PerSampleDataset(data, BATCH)),
     }
@@ -166,6 +178,10 @@ def run(quick: bool = False) -> list[Result]:
     values = in_turns(turns, 2 if quick else 5)
     results = best_in_turns("assembly", values, "numpy fancy indexing", {"kseq MultiInputDataset": ">= 0.9x"},
                             unit="batches/s")
+    # kseq's own cost: against numpy doing the same gathers (take), what is left is kseq's Python per batch.
+    take = "numpy take (the gather kseq uses)"
+    results += best_in_turns("assembly vs take", {k: values[k] for k in (take, "kseq MultiInputDataset")}, take,
+                             unit="batches/s")[1:]
 
     epochs = 2 if quick else 4
     x = {"features": data["features"], "tokens": data["tokens"]}

@@ -212,6 +212,8 @@ def batch_index(value: object, length: int, *, fix: str = "") -> int:
         ...
         IndexError: Batch index 3 is out of range: this dataset has 3 batches (0..2).
     """
+    if type(value) is int and 0 <= value < length:  # the hot path (twice per batch): a plain int in range
+        return value
     if not is_integer(value):
         msg = f"Batch index must be an integer. Received {value!r}."
         raise TypeError(msg)

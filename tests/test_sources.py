@@ -16,6 +16,29 @@ class TestArraySource:
         assert out["x"].tolist() == [70, 20, 70, 0]
         assert out["y"].tolist() == [7, 2, 7, 0]
 
+    def test_every_layout_reads_as_fancy_indexing_does(self, tmp_path):
+        """Rows gathered with take (arrays of rows) or indexing (1-D, memmaps) equal a[idx], type and order too."""
+        rng = np.random.default_rng(0)
+        mm = np.memmap(tmp_path / "m.dat", dtype="float32", mode="w+", shape=(50, 3))
+        mm[:] = rng.normal(size=(50, 3))
+        arrays = {
+            "vector": rng.normal(size=(50, 7)).astype("float32"),
+            "image": rng.integers(0, 255, size=(50, 4, 4, 3), dtype="uint8"),
+            "fortran": np.asfortranarray(rng.normal(size=(50, 5))),
+            "strided": rng.normal(size=(50, 8))[:, ::2],
+            "label": np.arange(50),
+            "text": np.array([f"s{i}" for i in range(50)]),
+            "memmap": mm,
+        }
+        idx = np.array([49, 0, 7, 7, 31])
+        out = ArraySource(arrays).read(idx)
+        for name, a in arrays.items():
+            expected = a[idx]
+            assert type(out[name]) is type(expected) is np.ndarray, name
+            assert out[name].dtype == expected.dtype, name
+            assert out[name].flags.c_contiguous, name
+            np.testing.assert_array_equal(out[name], expected, err_msg=name)
+
     def test_reads_a_subset_of_fields(self):
         """fields= limits the read to the named fields."""
         src = ArraySource({"x": np.zeros((3, 2)), "y": np.arange(3)})

@@ -11,7 +11,7 @@ where every partner is a row of the batch's own block). Two ways to read them:
 
   * one ``source.read`` per side, straight into each side's array: no sort, no second copy.
     Used for a source whose row reads are cheap (:func:`kseq.sources.cheap_row_reads`):
-    kseq's own sources, where an ``ArraySource`` is numpy fancy indexing and an
+    kseq's own sources, where an ``ArraySource`` is one numpy gather per field and an
     ``HDF5Source`` a memory map or a chunk cache, so a row named twice costs a copy, not a
     second disk read. Faster than the union read for both (benchmarks/README.md, pairs).
   * one ``source.read`` of the sorted unique rows, then one ``take`` per side: each row is

@@ -17,7 +17,7 @@ class DataFrameSource(ArraySource):
     """A Source over the columns of a ``pandas.DataFrame``.
 
     Each column becomes one numpy array at construction, so batches are read with
-    numpy fancy indexing, not pandas row access. A column whose cells are arrays of
+    numpy gathers (as :class:`ArraySource`), not pandas row access. A column whose cells are arrays of
     one shape (an embedding per row, say) is stacked into a single ``(n, *shape)``
     array; a column of strings becomes a numpy string array.
 

@@ -54,6 +54,7 @@ from kseq.datasets.base import Dataset
 from kseq.datasets.view import ModelView
 from kseq.errors import KseqError, StructureError
 from kseq.sources.hdf5 import HDF5Source
+from kseq.structure import as_fed
 from kseq.validators import integer
 from kseq.workers import batch_context
 from kseq.workers.tree import flatten
@@ -311,9 +312,9 @@ def _staged(data: Any) -> bool:
 
 
 def _time_stages(data: Any, feed: Any, count: int, passes: int, epoch0: int) -> tuple[dict[str, float], int]:
-    adapt = feed.model_structure.adapt if isinstance(feed, ModelView) else None
+    structure = getattr(feed, "model_structure", None)
     keys = ("sampler", "read", "build") if _staged(data) else ("getitem",)
-    times: dict[str, list[float]] = {key: [] for key in ((*keys, "adapt") if adapt else keys)}
+    times: dict[str, list[float]] = {key: [] for key in ((*keys, "adapt") if structure else keys)}
     nbytes = 0
     for epoch in range(epoch0, epoch0 + passes):
         for index in range(count):
@@ -335,9 +336,9 @@ def _time_stages(data: Any, feed: Any, count: int, passes: int, epoch0: int) -> 
                 batch = data.get_batch(index, epoch) if hasattr(data, "get_batch") else data[index]
                 times["getitem"].append(time.perf_counter() - t0)
             nbytes = max(nbytes, sum(a.nbytes for a in flatten(batch)[1]))
-            if adapt is not None:
+            if structure is not None:
                 t0 = time.perf_counter()
-                adapt(batch)
+                as_fed(structure, batch)
                 times["adapt"].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) for k, v in times.items()}, nbytes
 

@@ -76,6 +76,7 @@ from kseq.datasets import Dataset, ModelView
 from kseq.errors import KseqError
 from kseq.keras_compat import set_initial_epoch
 from kseq.states import StatefulLayers
+from kseq.structure import as_fed
 from kseq.validators import integer
 
 __all__ = ["BACKUP_FORMAT", "BackupAndRestore"]
@@ -271,11 +272,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _batch(self, index: int, epoch: int) -> tuple:
         """Batch ``index`` of ``epoch`` as ``fit`` receives it from ``dataset[index]``."""
-        batch = self.dataset.get_batch(index, epoch)
-        if isinstance(self.dataset, ModelView):
-            return tuple(self.dataset.model_structure.adapt(batch))
-        structure = getattr(self.dataset, "_structure", None)  # the deprecated Dataset.set_structure
-        return batch if structure is None else tuple(structure.adapt(batch))
+        return tuple(as_fed(self.dataset.model_structure, self.dataset.get_batch(index, epoch)))
 
     # -- saving -----------------------------------------------------------------
 

@@ -25,6 +25,15 @@ nesting is refused (:func:`check_same_routing`). ``model.fit(view)`` itself neve
 tells the dataset which model it trains: that one call is unguarded, which is why
 the view is made from the model right before it. Legacy adapters (``kseq.legacy``)
 take ``model=`` at construction and adapt to it in the same way.
+
+There is one route from a named batch to what Keras receives, whatever feeds Keras:
+every kseq PyDataset has a ``model_structure`` (``None``: named) and a named
+``get_batch(i)``, and ``ds[i]`` is ``as_fed(ds.model_structure, ds.get_batch(i))``
+(:func:`as_fed`). What sets ``model_structure`` is :meth:`~kseq.Dataset.for_model`
+(on the new view), a legacy adapter's ``model=``, or the deprecated
+``Dataset.set_structure``. ``kseq.BackupAndRestore`` replays batches through
+:func:`as_fed` and ``kseq.profile`` times it; ``kseq.check`` reads
+``model_structure`` only to say that the batches are adapted already.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any, Literal
 
 from kseq.errors import StructureError
 
-__all__ = ["ModelStructure", "TensorSpec", "check_same_routing", "is_generated_name"]
+__all__ = ["ModelStructure", "TensorSpec", "as_fed", "check_same_routing", "is_generated_name"]
 
 Kind = Literal["dict", "list", "single"]
 
@@ -151,6 +160,23 @@ class ModelStructure:
         out = [_arrange(x, self.input_kind, list(self.input_keys or self.input_names))]
         out += [_arrange(part, self.output_kind, self.output_names) for part in rest]
         return tuple(out)
+
+
+def as_fed(structure: ModelStructure | None, batch: tuple) -> tuple:
+    """``batch`` (named) as Keras receives it from a dataset whose ``model_structure`` is ``structure``.
+
+    The one route to a model's structure (NOTE [ named batches and model structure ]).
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = TensorSpec("a", (None, 3), "float32"), TensorSpec("b", (None, 5), "float32")
+        >>> batch = ({"b": np.ones((2, 5)), "a": np.zeros((2, 3))},)
+        >>> as_fed(None, batch) is batch
+        True
+        >>> [v.shape for v in as_fed(ModelStructure("list", (a, b), "single", (), "ab"), batch)[0]]
+        [(2, 3), (2, 5)]
+    """
+    return batch if structure is None else structure.adapt(batch)
 
 
 _KIND_WORDS: dict[str, str] = {"dict": "a dict", "list": "a list", "single": "a single tensor"}

@@ -258,6 +258,45 @@ def test_an_interrupted_fit_resumes_at_the_batch_of_its_last_backup(tmp_path, sa
 
 
 @pytest.mark.portable
+def test_a_dataset_adapted_by_the_deprecated_set_structure_resumes_as_fit_feeds_it(tmp_path):
+    """Replayed batches take the dataset's model_structure, as ds[i] does: a list-built model refuses a y dict."""
+    def two_input_model(initial=None):
+        a, b = keras.Input((2,), name="a"), keras.Input((1,), name="b")
+        h = keras.layers.Dense(4, activation="tanh")(keras.layers.Concatenate()([a, b]))
+        model = keras.Model([a, b], keras.layers.Dense(1, name="out")(h))
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        if initial is not None:
+            model.set_weights(initial)
+        return model
+
+    def adapted(model):
+        rng = np.random.default_rng(0)
+        data = {"a": rng.normal(size=(40, 2)), "b": rng.normal(size=40), "y": rng.normal(size=40)}
+        ds = kseq.MultiInputDataset(data, inputs=["a", "b"], targets={"out": "y"}, batch_size=8, seed=1)
+        with pytest.warns(DeprecationWarning, match="set_structure"):
+            ds.set_structure(kseq.ModelStructure.of(model))
+        return ds
+
+    def run(model, backup_dir, interrupt=None):
+        ds = adapted(model)
+        backup = BackupAndRestore(backup_dir, ds, save_freq=2)
+        callbacks = [backup] if interrupt is None else [backup, Interrupt(*interrupt)]
+        model.fit(ds, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
+        return backup
+
+    initial = two_input_model().get_weights()
+    reference = two_input_model(initial)
+    run(reference, tmp_path / "reference")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(two_input_model(initial), tmp_path / "b", interrupt=(0, 2))
+    model = two_input_model(initial)
+    backup = run(model, tmp_path / "b")
+    assert (backup.restored["epoch"], backup.restored["batch"]) == (0, 2)  # batches 2, 3 and 4 replayed
+    for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.portable
 def test_fit_s_class_weight_given_to_the_callback_weighs_the_resumed_batches_as_fit_does(tmp_path):
     """fit(class_weight=cw) resumed with BackupAndRestore(class_weight=cw) ends where the uninterrupted run does;
     without it on the callback, the replayed batches train unweighted and the weights differ."""

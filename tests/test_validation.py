@@ -339,6 +339,29 @@ class TestSetStructure:
         assert isinstance(ds[0][0], dict)
 
 
+class TestOneRoute:
+    """Every kseq PyDataset feeds Keras ``as_fed(ds.model_structure, ds.get_batch(i))`` (kseq/structure.py)."""
+
+    @staticmethod
+    def feeders(two_inputs):
+        model = concat_model("list")
+        deprecated = dataset(two_inputs)
+        with pytest.warns(DeprecationWarning, match="set_structure"):
+            deprecated.set_structure(kseq.ModelStructure.of(model))
+        sequence = kseq.legacy.SequenceAdapter(dataset(two_inputs), model=model, x_only=True)
+        return {"named": dataset(two_inputs), "view": dataset(two_inputs).for_model(model),
+                "set_structure": deprecated, "legacy sequence": sequence}
+
+    def test_each_feeder_serves_its_named_batch_in_its_model_structure(self, two_inputs):
+        for name, ds in self.feeders(two_inputs).items():
+            fed = kseq.structure.as_fed(ds.model_structure, ds.get_batch(1))
+            got = ds[1]
+            assert (ds.model_structure is None) == (name == "named"), name
+            assert isinstance(got[0], dict if name == "named" else tuple), name
+            for a, b in zip(keras.tree.flatten(got), keras.tree.flatten(fed), strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
 class TestPlainPyDataset:
     class Pairs(keras.utils.PyDataset):
         def __init__(self, arrays):

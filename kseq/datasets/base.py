@@ -40,7 +40,7 @@ from kseq.samplers import (
 )
 from kseq.samplers.shard import Part, Shard, ShardedSampler, resolve_shard
 from kseq.sources import Source, as_source
-from kseq.structure import ModelStructure
+from kseq.structure import ModelStructure, as_fed
 from kseq.take import take
 from kseq.validation import CheckReport, check
 from kseq.validators import batch_index
@@ -216,8 +216,7 @@ class Dataset(KerasFacing):
             batch = self._batch(index, epoch) if own else self.get_batch(index, epoch)
         else:
             batch = self._loader.get(self.plan, epoch, index, len(self), tracker, owner=self)
-        # Named, unless the deprecated set_structure() was called; views adapt instead (NOTE in kseq/structure.py).
-        return batch if (structure := getattr(self, "_structure", None)) is None else structure.adapt(batch)
+        return as_fed(self._model_structure, batch)  # named, but for the deprecated set_structure()
 
     def on_epoch_end(self) -> None:
         """End a pass: the epoch advances once every batch was served (NOTE [ epochs are passes ])."""
@@ -454,7 +453,14 @@ class Dataset(KerasFacing):
             DeprecationWarning,
             stacklevel=2,
         )
-        self._structure = structure
+        self._model_structure = structure
+
+    _model_structure: ModelStructure | None = None
+
+    @property
+    def model_structure(self) -> ModelStructure | None:
+        """``None``: ``ds[i]`` is named; :meth:`for_model` makes a view that adapts (:func:`~kseq.structure.as_fed`)."""
+        return self._model_structure
 
     def __repr__(self) -> str:
         return (

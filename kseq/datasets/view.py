@@ -6,7 +6,7 @@ from typing import Any
 
 from kseq.datasets._pydataset import KerasFacing
 from kseq.errors import StructureError
-from kseq.structure import ModelStructure, check_same_routing
+from kseq.structure import ModelStructure, as_fed, check_same_routing
 from kseq.validation import CheckReport, check
 
 __all__ = ["ModelView"]
@@ -15,7 +15,7 @@ __all__ = ["ModelView"]
 class ModelView(KerasFacing):
     """``dataset``'s batches put into ``model``'s structure; the dataset itself stays named.
 
-    ``view[i]`` is ``ModelStructure.of(model).adapt(dataset[i])``: a tuple in the
+    ``view[i]`` is ``as_fed(ModelStructure.of(model), dataset[i])``: a tuple in the
     model's input order for a model built from a list, one array for a
     single-tensor model, the dict in key order for a dict-built one (the same for
     targets and sample weights). Everything else is the dataset's: ``len``, the
@@ -89,7 +89,7 @@ class ModelView(KerasFacing):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple:
-        return self.model_structure.adapt(self.dataset[index])
+        return as_fed(self.model_structure, self.dataset[index])
 
     def on_epoch_begin(self) -> None:
         self.dataset.on_epoch_begin()

@@ -33,7 +33,7 @@ import numpy as np
 
 from kseq.batching import ClassWeights, summarize
 from kseq.errors import StructureError
-from kseq.structure import ModelStructure, TensorSpec, check_same_routing
+from kseq.structure import ModelStructure, TensorSpec, as_fed, check_same_routing
 from kseq.validation import CheckReport, check_batch
 
 __all__ = ["BatchNormaliser", "NormalisedBatches"]
@@ -107,10 +107,8 @@ class BatchNormaliser:
 
     def adapt(self, named: tuple) -> tuple:
         """Put a named batch into the model's structure (unchanged without a structure)."""
-        if self.structure is None:
-            return named
         # A single-output target stays one array for a single-output model (ModelStructure.adapt).
-        return self.structure.adapt(named)
+        return as_fed(self.structure, named)
 
     # -- helpers -----------------------------------------------------------------
 

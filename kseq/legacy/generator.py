@@ -11,6 +11,7 @@ from kseq.callbacks import stateful_layers
 from kseq.errors import StructureError
 from kseq.legacy.batches import NormalisedBatches
 from kseq.legacy.stream import Stream
+from kseq.structure import as_fed
 from kseq.validation import CheckReport
 from kseq.validators import batch_index, integer, whole_number
 from kseq.workers.malloc import keep_tuned
@@ -121,7 +122,7 @@ class GeneratorDataset(NormalisedBatches, keras.utils.PyDataset):
         keep_tuned()  # NOTE [ malloc thresholds ]
         named = self.get_batch(index)
         try:
-            return self._normaliser.adapt(named)
+            return as_fed(self.model_structure, named)
         except Exception as e:
             self.last_error = e
             raise

@@ -9,6 +9,7 @@ import keras
 
 from kseq.errors import StructureError
 from kseq.legacy.batches import NormalisedBatches
+from kseq.structure import as_fed
 from kseq.validators import integer
 from kseq.workers.malloc import keep_tuned
 
@@ -84,7 +85,7 @@ class SequenceAdapter(NormalisedBatches, keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple:
         keep_tuned()  # NOTE [ malloc thresholds ]
         try:
-            return self._normaliser.adapt(self.get_batch(index))
+            return as_fed(self.model_structure, self.get_batch(index))
         except Exception as e:
             self.last_error = e
             raise

@@ -9,7 +9,7 @@ NEXT := .venv-next
 NEXT_PY := $(NEXT)/bin/python
 NEXT_STAMP := $(NEXT)/.kseq-installed
 
-.PHONY: demo test test-tf test-tf-second test-jax test-torch test-next test-exit lanes second-lane lint matrix wheel-check bench docs clean
+.PHONY: demo test test-tf test-tf-second test-jax test-torch test-next test-exit lanes second-lane lint matrix matrix-main matrix-side wheel-check bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 # Two lanes on two cores: the TensorFlow suite, and beside it the lint, the JAX and PyTorch legs, the keras-next leg
 # and a part of the TensorFlow suite (TF_SECOND: the documentation site and one notebook) that evens the lanes out.
 # Each lane's output is printed whole when it ends. tests/test_exit.py (50 fresh TensorFlow processes beside a busy
-# core) is `make test-exit`, which .ci/run runs beside `make matrix`.
+# core) is `make test-exit`, which .ci/run runs beside the matrix.
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target lanes
 
@@ -76,10 +76,19 @@ test-next: $(NEXT_STAMP)
 # Python 3.11-3.13 with the newest releases and with setup.cfg's floors; the built wheel and sdist as users get them.
 # Two sessions are left to other parts of CI: 3.11 with the newest releases is make test's JAX leg, and 3.12 with
 # the floors installs the very versions of 3.11's floors session (the same pins, one Python apart).
-MATRIX := portable-3.11(deps='floors') portable-3.12(deps='newest') portable-3.13(deps='newest') portable-3.13(deps='floors')
+# .ci/run runs the matrix in two parts, one in each lane: MATRIX_SIDE after the exit test and the wheel check.
+MATRIX_MAIN := portable-3.11(deps='floors') portable-3.12(deps='newest') portable-3.13(deps='newest')
+MATRIX_SIDE := portable-3.13(deps='floors')
+MATRIX := $(MATRIX_MAIN) $(MATRIX_SIDE)
 
 matrix: $(STAMP)
 	$(PY) -m nox -s $(foreach s,$(MATRIX),"$(s)")
+
+matrix-main: $(STAMP)
+	$(PY) -m nox -s $(foreach s,$(MATRIX_MAIN),"$(s)")
+
+matrix-side: $(STAMP)
+	$(PY) -m nox -s $(foreach s,$(MATRIX_SIDE),"$(s)")
 
 wheel-check: $(STAMP)
 	$(PY) -m nox -s wheel

@@ -64,13 +64,13 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, KERAS_BACKEND={keras.backend.backend()}"
 
 
-def malloc_runs(script):
-    """``script`` in a fresh TensorFlow process, once as is (argv[1] "default") and once told to call
-    kseq.tune_malloc() first ("tuned"): {mode: the words it printed}."""
+def malloc_runs(script, **env):
+    """``script`` in a fresh TensorFlow process (``env``: more environment variables), once as is (argv[1]
+    "default") and once told to call kseq.tune_malloc() first ("tuned"): {mode: the words it printed}."""
     runs = {}
     for mode in ("default", "tuned"):
         out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"})
+                             env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", **env})
         assert out.returncode == 0, out.stderr[-2000:]
         runs[mode] = out.stdout.split()
     return runs

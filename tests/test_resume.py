@@ -230,11 +230,16 @@ def small_model(initial=None):
     return model
 
 
-def fit(model, ds, backup_dir, *, epochs=3, interrupt=None, **options):
-    view = ds.for_model(model)
-    backup = BackupAndRestore(backup_dir, view, **options)
+def fit(model, ds, backup_dir, **options):
+    """``fit_feed`` on ``ds``'s view for ``model``."""
+    return fit_feed(model, ds.for_model(model), backup_dir, **options)
+
+
+def fit_feed(model, feed, backup_dir, *, epochs=3, interrupt=None, **options):
+    """``model.fit(feed)`` with a BackupAndRestore of ``feed`` (``options``), interrupted at ``(epoch, batch)``."""
+    backup = BackupAndRestore(backup_dir, feed, **options)
     callbacks = [backup] if interrupt is None else [backup, Interrupt(*interrupt)]
-    return model.fit(view, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0), backup
+    return model.fit(feed, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0), backup
 
 
 @pytest.mark.portable
@@ -278,11 +283,7 @@ def test_a_dataset_adapted_by_the_deprecated_set_structure_resumes_as_fit_feeds_
         return ds
 
     def run(model, backup_dir, interrupt=None):
-        ds = adapted(model)
-        backup = BackupAndRestore(backup_dir, ds, save_freq=2)
-        callbacks = [backup] if interrupt is None else [backup, Interrupt(*interrupt)]
-        model.fit(ds, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
-        return backup
+        return fit_feed(model, adapted(model), backup_dir, epochs=2, interrupt=interrupt, save_freq=2)[1]
 
     initial = two_input_model().get_weights()
     reference = two_input_model(initial)
@@ -419,10 +420,7 @@ def test_every_dataset_kind_resumes_exactly(tmp_path, name):
         ds, build = kind(name)
         model = build()
         model.set_weights(initial)
-        backup = BackupAndRestore(backup_dir, ds, save_freq=2)
-        callbacks = [backup] if interrupt is None else [backup, Interrupt(*interrupt)]
-        model.fit(ds, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
-        return model, backup
+        return model, fit_feed(model, ds, backup_dir, interrupt=interrupt, save_freq=2)[1]
 
     reference, _ = train(tmp_path / "reference")
     with pytest.raises(RuntimeError, match="interrupted"):
